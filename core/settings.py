@@ -1,0 +1,92 @@
+"""Settings from LORADOCK_* environment variables and an optional YAML file (pydantic-settings).
+
+Precedence, highest first: explicit overrides (command-line flags), environment, YAML file, defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+DEFAULT_BASE_MODEL = Path("models/SmolLM2-135M-Instruct")
+
+
+class Settings(BaseSettings):
+    """Everything configurable in loradock. Paths are relative to the working directory."""
+
+    model_config = SettingsConfigDict(env_prefix="LORADOCK_", extra="forbid", yaml_file=None)
+
+    base_model: Path = Field(DEFAULT_BASE_MODEL, description="Local HF model folder served as the base.")
+    base_model_name: str | None = Field(None, description="Model id of the base in the API (default: folder name).")
+    adapters_dir: Path = Field(Path("adapters"), description="Root of the adapter store.")
+    db_url: str = Field("sqlite:///var/loradock.db", description="SQLAlchemy URL of the preference database.")
+    rag_dir: Path = Field(Path("var/rag"), description="Where RAG collections (vector indexes) live.")
+    api_key: SecretStr | None = Field(None, description="Bearer key required for inference when set.")
+    admin_key: SecretStr | None = Field(None, description="Bearer key required for admin routes when set.")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dtype: str = Field("bfloat16", description="Engine dtype: bfloat16, float16 or float32.")
+    max_loras: int = Field(4, description="Adapters that can run in one batch.")
+    max_cpu_loras: int = Field(8, description="Adapters resident in the engine before LRU eviction.")
+    max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
+    gpu_memory_utilization: float = Field(0.5, description="Fraction of device (NUMA node on CPU) memory.")
+    kv_cache_space_gib: int = Field(1, description="KV cache size on CPU, GiB (VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int = Field(2048, description="Context length: prompt plus max_tokens.")
+    max_num_seqs: int = Field(64, description="Sequences the engine schedules at once.")
+    tensor_parallel_size: int = Field(1, description="Passed through to vLLM.")
+    pipeline_parallel_size: int = Field(1, description="Passed through to vLLM.")
+    enforce_eager: bool = Field(False, description="Disable compilation/graphs in vLLM.")
+
+    pinned_adapters: list[str] = Field(default_factory=list, description="Adapters never evicted.")
+    store_poll_seconds: float = Field(1.0, description="How often the server rescans the adapter store.")
+    max_adapter_bytes: int = Field(512 * 1024 * 1024, description="Largest adapter weights file accepted.")
+    max_tokens_cap: int = Field(1024, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(256, description="max_tokens when a request gives none.")
+    max_messages: int = Field(256, description="Most messages in one chat request.")
+    max_body_bytes: int = Field(1024 * 1024, description="Largest request body.")
+    max_waiting: int = Field(256, description="Requests queued beyond the running ones before 429.")
+    max_n: int = Field(8, description="Largest n (choices per request).")
+
+    @field_validator("max_lora_rank", "max_loras", "max_cpu_loras", "max_model_len", "max_tokens_cap")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        if v <= 0:
+            raise ValueError(f"LORADOCK_{info.field_name.upper()} must be positive")
+        return v
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("LORADOCK_GPU_MEMORY_UTILIZATION must be in (0, 1]")
+        return v
+
+    @property
+    def served_base_name(self) -> str:
+        """The id clients use for the base model."""
+        return self.base_model_name or self.base_model.resolve().name
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from a YAML file (optional), the environment, then non-None overrides."""
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"--config {config}: no such file")
+    cls = Settings
+    if config is not None:
+        cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": str(config)}})
+    return cls(**{k: v for k, v in overrides.items() if v is not None})

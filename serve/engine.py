@@ -1,0 +1,187 @@
+"""The engine boundary: loradock's own small types, and the vLLM AsyncLLM behind them.
+
+Services speak only these types, so routing logic is unit-testable with a fake engine while every
+feature is also proven against the real vLLM engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loradock.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoRATarget:
+    """An adapter as the engine knows it: a unique integer id per (name, folder version)."""
+
+    name: str
+    int_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+    stream: bool = False
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class ChoiceDelta:
+    """New text of one choice since the previous step (or all of it when not streaming)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class Step:
+    choices: list[ChoiceDelta]
+    prompt_tokens: int
+    finished: bool
+
+
+class Engine(Protocol):
+    tokenizer: Any
+
+    async def start(self) -> None: ...
+    def generate(self, prompt_ids: list[int], params: GenParams, request_id: str,
+                 lora: LoRATarget | None) -> AsyncIterator[Step]: ...
+    async def abort(self, request_id: str) -> None: ...
+    async def add_lora(self, lora: LoRATarget) -> None: ...
+    async def remove_lora(self, int_id: int) -> bool: ...
+    async def pin_lora(self, int_id: int) -> None: ...
+    async def resident_loras(self) -> set[int]: ...
+    async def check_health(self) -> None: ...
+    async def shutdown(self) -> None: ...
+
+
+def _logprobs(entries: Any, token_ids: list[int], tokenizer: Any) -> list[TokenLogprob] | None:
+    if entries is None:
+        return None
+    out = []
+    for tok, lp in zip(token_ids, entries, strict=False):
+        chosen = lp.get(tok)
+        top = sorted(lp.items(), key=lambda kv: kv[1].rank or 0)
+        out.append(TokenLogprob(
+            token=(chosen.decoded_token if chosen and chosen.decoded_token is not None
+                   else tokenizer.decode([tok])),
+            logprob=float(chosen.logprob) if chosen else float("-inf"),
+            top=[(v.decoded_token or tokenizer.decode([k]), float(v.logprob)) for k, v in top if v.rank],
+        ))
+    return out
+
+
+class VLLMEngine:
+    """vLLM's AsyncLLM in this process (its engine core runs in a spawned child)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.llm: Any = None
+        self.tokenizer: Any = None
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        s = self.settings
+        return AsyncEngineArgs(
+            model=str(s.base_model),
+            served_model_name=[s.served_base_name],
+            dtype=s.dtype,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
+            max_lora_rank=s.max_lora_rank,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            tensor_parallel_size=s.tensor_parallel_size,
+            pipeline_parallel_size=s.pipeline_parallel_size,
+            enforce_eager=s.enforce_eager,
+            disable_log_stats=True,
+        )
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # On CPU the KV cache size comes from the environment, read by the spawned engine process.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_space_gib))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.settings.base_model))
+        self.llm = AsyncLLM.from_engine_args(self.engine_args())
+
+    def _sampling(self, p: GenParams) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
+            seed=p.seed, logprobs=p.logprobs, presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty, ignore_eos=p.ignore_eos,
+            output_kind=RequestOutputKind.DELTA if p.stream else RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def generate(self, prompt_ids: list[int], params: GenParams, request_id: str,
+                       lora: LoRATarget | None) -> AsyncIterator[Step]:
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        lora_request = LoRARequest(lora.name, lora.int_id, lora.path) if lora else None
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), self._sampling(params),
+                                           request_id, lora_request=lora_request):
+            choices = [
+                ChoiceDelta(index=c.index, text=c.text, token_ids=list(c.token_ids),
+                            logprobs=_logprobs(c.logprobs, list(c.token_ids), self.tokenizer),
+                            finish_reason=c.finish_reason)
+                for c in out.outputs
+            ]
+            yield Step(choices=choices, prompt_tokens=len(out.prompt_token_ids or prompt_ids), finished=out.finished)
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    async def add_lora(self, lora: LoRATarget) -> None:
+        from vllm.lora.request import LoRARequest
+
+        await self.llm.add_lora(LoRARequest(lora.name, lora.int_id, lora.path))
+
+    async def remove_lora(self, int_id: int) -> bool:
+        return bool(await self.llm.remove_lora(int_id))
+
+    async def pin_lora(self, int_id: int) -> None:
+        await self.llm.pin_lora(int_id)
+
+    async def resident_loras(self) -> set[int]:
+        return set(await self.llm.list_loras())
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
+    async def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
