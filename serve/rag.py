@@ -1,4 +1,4 @@
-"""The RAG baseline: chunk documents, embed them with all-MiniLM-L6-v2 (offline), retrieve by cosine similarity.
+"""The RAG baseline: chunk documents, embed them with all-MiniLM-L6-v2 (offline), retrieve by cosine.
 
 A collection is one file, ``<rag_dir>/<name>/index.npz``, holding the normalized chunk vectors, the chunks
 (JSON lines) and metadata. It is written to a temporary file and renamed into place, so a reader (the server,
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from loradock.core.manifest import NAME_RE
 from loradock.serve.errors import BadRequest, NotFound
 from loradock.serve.schemas import Passage
@@ -58,8 +57,9 @@ class _Index:
 def check_collection(name: str) -> str:
     """Return ``name`` if it is a valid collection name, else raise BadRequest saying the rule."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise BadRequest(f"invalid collection name {name!r}: use 1-64 characters from a-z, 0-9, '.', '_', '-', "
-                         "starting with a letter or digit", param="rag.collection", code="invalid_collection")
+        raise BadRequest(f"invalid collection name {name!r}: use 1-64 characters from a-z, 0-9, '.', '_', "
+                         "'-', starting with a letter or digit", param="rag.collection",
+                         code="invalid_collection")
     return name
 
 
@@ -114,7 +114,8 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int = MAX_CHUNK_TOKENS,
             break
         # Start the next chunk a few whole units back (the overlap), as long as it still takes in unit j.
         k = j
-        while k - 1 > i and units[j - 1][1] - units[k - 1][0] <= overlap and units[j][1] - units[k - 1][0] <= max_tokens:
+        while (k - 1 > i and units[j - 1][1] - units[k - 1][0] <= overlap
+               and units[j][1] - units[k - 1][0] <= max_tokens):
             k -= 1
         i = k
     texts = [text[offsets[a][0]:offsets[b - 1][1]].strip() for a, b in spans]
@@ -182,7 +183,8 @@ class RagStore:
         """Names of the indexed collections."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if NAME_RE.fullmatch(p.name) and (p / INDEX_FILE).is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if NAME_RE.fullmatch(p.name) and (p / INDEX_FILE).is_file())
 
     def chunk_documents(self, src: Path) -> list[Chunk]:
         """Read and chunk every supported file under ``src``; sources are paths relative to ``src``."""
@@ -263,8 +265,8 @@ class RagStore:
         k = min(top_k, len(scores))
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]
-        return [Passage(source=idx.chunks[i].source, chunk=idx.chunks[i].chunk, score=round(float(scores[i]), 4),
-                        text=idx.chunks[i].text) for i in best]
+        return [Passage(source=idx.chunks[i].source, chunk=idx.chunks[i].chunk,
+                        score=round(float(scores[i]), 4), text=idx.chunks[i].text) for i in best]
 
 
 def _write_index(target: Path, vectors: np.ndarray, chunks: list[Chunk], meta: dict[str, Any]) -> None:
@@ -292,5 +294,6 @@ def _read_index(path: Path) -> _Index:
         meta = json.loads(data["meta"].tobytes().decode("utf-8"))
     chunks = [Chunk(**json.loads(line)) for line in lines]
     if len(chunks) != len(vectors):
-        raise ValueError(f"{path}: {len(chunks)} chunks but {len(vectors)} vectors; index the collection again")
+        raise ValueError(f"{path}: {len(chunks)} chunks but {len(vectors)} vectors; "
+                         "index the collection again")
     return _Index(vectors, chunks, meta)

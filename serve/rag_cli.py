@@ -33,9 +33,8 @@ def index_cmd(
     config: Path | None = ConfigOpt,
 ) -> None:
     """Chunk, embed (all-MiniLM-L6-v2, offline) and store documents as a collection; replaces an old one."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from loradock.serve.errors import APIError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     store = _store(config, rag_dir)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -59,7 +58,8 @@ def list_cmd(rag_dir: Path | None = RagDirOpt, config: Path | None = ConfigOpt) 
     store = _store(config, rag_dir)
     names = store.collections()
     if not names:
-        typer.echo(f"no collections in {store.root}; create one with `loradock rag index DIR --collection NAME`")
+        typer.echo(f"no collections in {store.root}; "
+                   "create one with `loradock rag index DIR --collection NAME`")
         return
     table = Table(title=f"RAG collections in {store.root}")
     for col in ("name", "chunks", "files", "source", "model"):
