@@ -1,0 +1,118 @@
+"""Publishing a trained adapter: PEFT files + manifest + loss-curve PNG into the store, atomically,
+then the same validation the server runs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from loradock.core.manifest import BaseIdentity, Manifest, Provenance
+from loradock.core.store import AdapterStore
+from loradock.core.template import template_sha256
+from loradock.core.validate import AdapterInvalid, ValidationLimits, validate_adapter
+from loradock.train.common import Context, PreparedData
+
+log = logging.getLogger(__name__)
+PLOT_FILE = "loss_curve.png"
+
+
+def loss_curves(log_history: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    """Train and validation loss as [step, loss] pairs from a Trainer's ``state.log_history``."""
+    train = [[e["step"], round(float(e["loss"]), 5)] for e in log_history if "loss" in e and "step" in e]
+    val = [
+        [e["step"], round(float(e["eval_loss"]), 5)] for e in log_history if "eval_loss" in e and "step" in e
+    ]
+    return {"train_loss": train, "val_loss": val}
+
+
+def plot_losses(curves: dict[str, list[list[float]]], title: str, out: Path) -> None:
+    """Write the loss curves as a PNG (matplotlib's Agg canvas, no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
+        points = curves.get(key) or []
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def training_metrics(trainer: Any, final_eval: dict[str, float], steps_planned: int) -> dict[str, Any]:
+    """What the manifest records about the run: curves, best checkpoint, early stop, final evaluation."""
+    state = trainer.state
+    curves = loss_curves(state.log_history)
+    best_step = None
+    if state.best_model_checkpoint:
+        best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+    return {
+        **curves,
+        "steps": state.global_step,
+        "steps_planned": steps_planned,
+        "stopped_early": state.global_step < steps_planned,
+        "epochs": round(float(state.epoch or 0), 3),
+        "best_step": best_step,
+        "best_val_loss": state.best_metric,
+        "eval": {k: round(float(v), 5) for k, v in final_eval.items() if isinstance(v, int | float)},
+    }
+
+
+def publish_adapter(ctx: Context, model: Any, data: PreparedData, metrics: dict[str, Any]) -> Path:
+    """Save the PEFT adapter (safetensors) with its manifest and plot, publish it, and validate it."""
+    cfg = ctx.cfg
+    store = AdapterStore(ctx.adapters_dir)
+    manifest = Manifest(
+        name=cfg.name,
+        base=BaseIdentity(name=ctx.base.name, sha256=ctx.base.sha256),
+        template_sha256=template_sha256(),
+        rank=cfg.lora_r,
+        alpha=float(cfg.lora_alpha),
+        target_modules=list(cfg.target_modules),
+        provenance=Provenance(
+            method=cfg.method,
+            recipe=cfg.resolved(),
+            data_sha256=data.sha256,
+            data_rows=len(data.train) + len(data.val),
+        ),
+        metrics={
+            **metrics,
+            "train_rows": len(data.train),
+            "val_rows": len(data.val),
+            "dropped_rows": data.dropped,
+            "eval_data_sha256": data.eval_sha256,
+        },
+        description=cfg.description,
+    )
+    with store.staging(cfg.name) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card; the manifest says it all
+        plot_losses(metrics, f"{cfg.name} ({cfg.method})", tmp / PLOT_FILE)
+        target = store.publish(tmp, manifest, overwrite=cfg.overwrite)
+    limits = ValidationLimits(max_rank=ctx.settings.max_lora_rank, max_bytes=ctx.settings.max_adapter_bytes)
+    try:
+        validate_adapter(target, ctx.base, limits)
+    except AdapterInvalid as e:
+        store.remove(cfg.name)
+        raise AdapterInvalid(
+            e.code, f"published adapter failed validation and was removed: {e.message}"
+        ) from e
+    log.info("adapter %s published to %s and validated", cfg.name, target)
+    return target
+
+
+def check_name_free(ctx: Context) -> None:
+    """Fail before training, not after, when the adapter name is taken and --overwrite is not given."""
+    store = AdapterStore(ctx.adapters_dir)
+    if store.path(ctx.cfg.name).exists() and not ctx.cfg.overwrite:
+        raise FileExistsError(
+            f"adapter {ctx.cfg.name!r} already exists in {store.root}; pass --overwrite or pick a new --name"
+        )

@@ -1,0 +1,61 @@
+"""Supervised fine-tuning of a LoRA adapter with TRL's SFTTrainer, on core's template, loss on assistant
+tokens only. One linear run, as alignment-handbook's ``run_sft.py``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from loradock.core.settings import Settings
+from loradock.train import common
+from loradock.train.config import TrainConfig
+from loradock.train.masking import tokenize_conversation
+from loradock.train.publish import check_name_free, publish_adapter, training_metrics
+
+log = logging.getLogger(__name__)
+
+
+def run_sft(cfg: TrainConfig, settings: Settings | None = None) -> Path:
+    """Train, keep the best checkpoint, publish to the store; return the adapter folder."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    ctx = common.resolve(cfg, settings)
+    check_name_free(ctx)
+    set_seed(cfg.seed)
+
+    # --- tokenizer and data: checked, split, rendered through core's template, assistant-only labels
+    tokenizer = common.load_tokenizer(ctx.base.path)
+    data = common.prepare_data(ctx, tokenizer)
+
+    def tokenized(rows: list) -> Dataset:
+        return Dataset.from_list([tokenize_conversation(tokenizer, r.data["messages"]) for r in rows])
+
+    train_ds, val_ds = tokenized(data.train), (tokenized(data.val) if data.val else None)
+
+    # --- model: the frozen base (float or NF4); SFTTrainer wraps it with the LoRA config
+    model = common.load_model(ctx.base.path, cfg.quantization)
+
+    # --- trainer: eval on a schedule, early stopping, best checkpoint kept
+    resume_from = common.prepare_output_dir(ctx)
+    # The rows are pre-tokenized with labels, so TRL adds no template, EOS or masking of its own.
+    args = SFTConfig(**common.trainer_kwargs(ctx, len(train_ds), val_ds is not None), packing=False)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        peft_config=common.lora_config(cfg),
+        callbacks=common.callbacks(cfg, val_ds is not None),
+    )
+    common.log_trainable(trainer.model)
+
+    # --- train (optionally resuming) and evaluate the kept model
+    trainer.train(resume_from_checkpoint=resume_from)
+    final_eval = trainer.evaluate() if val_ds is not None else {}
+
+    # --- publish
+    metrics = training_metrics(trainer, final_eval, common.total_steps(cfg, len(train_ds)))
+    return publish_adapter(ctx, trainer.model, data, metrics)
