@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: str = Field("bfloat16", description="Engine dtype: bfloat16, float16 or float32.")
+    dtype: str = Field("float32", description="Engine dtype. float32 keeps greedy parity with PEFT on CPU.")
     max_loras: int = Field(4, description="Adapters that can run in one batch.")
     max_cpu_loras: int = Field(8, description="Adapters resident in the engine before LRU eviction.")
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")

@@ -1,20 +1,124 @@
-"""CLI for serving."""
+"""`loradock serve`, `loradock demo` and `loradock bench` (the RAG group lives in rag_cli.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import typer
 
-rag_app = typer.Typer(help="RAG collections.", no_args_is_help=True)
+from loradock.serve.bench import bench_cmd
+from loradock.serve.rag_cli import rag_app
+
+__all__ = ["bench_cmd", "demo_cmd", "rag_app", "serve_cmd"]
+log = logging.getLogger(__name__)
 
 
-def serve_cmd() -> None:
-    """Run the server."""
-    raise NotImplementedError
+def serve_cmd(
+    host: str = typer.Option(None, help="Bind address (default 127.0.0.1; 0.0.0.0 in Docker)."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
+    config: Path = typer.Option(None, "--config", help="YAML settings file."),
+    base_model: Path = typer.Option(None, help="Local HF model folder to serve as the base."),
+    adapters_dir: Path = typer.Option(None, help="Adapter store root (watched for new adapters)."),
+    max_loras: int = typer.Option(None, help="Adapters in one batch."),
+    max_cpu_loras: int = typer.Option(None, help="Adapters resident before LRU eviction."),
+    max_lora_rank: int = typer.Option(None, help="Largest adapter rank accepted."),
+    max_model_len: int = typer.Option(None, help="Context length (prompt + max_tokens)."),
+    gpu_memory_utilization: float = typer.Option(None, help="Memory fraction (NUMA node on CPU)."),
+    dtype: str = typer.Option(None, help="bfloat16 | float16 | float32."),
+    tensor_parallel_size: int = typer.Option(None, help="vLLM tensor parallelism (GPUs)."),
+    pipeline_parallel_size: int = typer.Option(None, help="vLLM pipeline parallelism."),
+    pin: list[str] = typer.Option(None, "--pin", help="Adapter to load at start and never evict (repeatable)."),
+) -> None:
+    """Run the OpenAI-compatible server: one base model, adapters chosen per request by `model`."""
+    import uvicorn
+
+    from loradock.core.settings import load_settings
+    from loradock.serve.app import create_app
+
+    settings = load_settings(
+        config, host=host, port=port, base_model=base_model, adapters_dir=adapters_dir, max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size, pinned_adapters=pin or None)
+    app = create_app(settings, retriever=_retriever(settings), feedback=_feedback(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
 
 
-def demo_cmd() -> None:
-    """Run the demo."""
-    raise NotImplementedError
+def _retriever(settings):  # noqa: ANN001, ANN202 - optional pieces, imported lazily
+    try:
+        from loradock.serve.rag import RagStore
+    except ImportError:
+        log.warning("RAG is not available in this build")
+        return None
+    return RagStore(settings.rag_dir)
 
 
-def bench_cmd() -> None:
-    """Run the benchmark."""
-    raise NotImplementedError
+def _feedback(settings):  # noqa: ANN001, ANN202
+    try:
+        from loradock.core.feedback import FeedbackStore
+    except ImportError:
+        log.warning("feedback storage is not available in this build")
+        return None
+    return FeedbackStore(settings.db_url)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise typer.Exit(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise typer.Exit(f"server did not become healthy within {timeout:.0f} s")
+
+
+def demo_cmd(
+    port: int = typer.Option(8000, help="Server port."),
+    ui_port: int = typer.Option(7860, help="UI port."),
+    host: str = typer.Option("127.0.0.1", help="Bind address for both."),
+) -> None:
+    """Start the server (with the demo adapters and the demo RAG collection) and the UI together."""
+    from rich.console import Console
+
+    console = Console()
+    exe = [sys.executable, "-m", "loradock"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    faq = Path("data/faq_docs")
+    if faq.is_dir():
+        subprocess.run([*exe, "rag", "index", str(faq), "--collection", "faq"], env=env, check=False)
+    server = subprocess.Popen([*exe, "serve", "--host", host, "--port", str(port)], env=env)
+    url = f"http://{host}:{port}"
+    procs = [server]
+    try:
+        with console.status("starting the vLLM engine (about 30 s on 2 cores) ..."):
+            _wait_healthy(url, server, 600)
+        ui = subprocess.Popen([*exe, "ui", "--server", url, "--host", host, "--port", str(ui_port)], env=env)
+        procs.append(ui)
+        console.print(f"[bold green]server[/]  {url}/v1   (OpenAI-compatible; try GET {url}/v1/models)")
+        console.print(f"[bold green]ui[/]      http://{host}:{ui_port}")
+        console.print("Ctrl-C stops both.")
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -1,0 +1,5 @@
+"""Serving benchmark (being written)."""
+
+
+def bench_cmd() -> None:
+    """Benchmark a running server."""

@@ -1,0 +1,24 @@
+"""POST /v1/chat/completions and /v1/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from loradock.serve.auth import require_api_key, require_ready
+from loradock.serve.schemas import ChatCompletionRequest, CompletionRequest
+
+router = APIRouter(dependencies=[Depends(require_ready), Depends(require_api_key)])
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (base model or an adapter named in `model`)")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    service = request.app.state.generation
+    request.state.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await service.run("chat", await service.prepare_chat(body), request)
+
+
+@router.post("/v1/completions", summary="Text completion on a raw prompt (no chat template)")
+async def completions(body: CompletionRequest, request: Request):
+    service = request.app.state.generation
+    request.state.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await service.run("completion", await service.prepare_completion(body), request)

@@ -1,0 +1,156 @@
+"""Shared fixtures. One real loradock server (vLLM engine) per test session, started on first use."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct"
+ENGINE_LOCK = "/tmp/loradock-engine.lock"
+SYNTHETIC = ["syn-a", "syn-b"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server at {url} not healthy after {timeout} s")
+
+
+@dataclass
+class Server:
+    url: str
+    adapters_dir: Path
+    rag_dir: Path
+    db_url: str
+    api_key: str
+    admin_key: str
+    base: str
+    log: Path
+    proc: subprocess.Popen
+    adapter_names: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def headers(self, admin: bool = False) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key if admin else self.api_key}"}
+
+
+@pytest.fixture(scope="session")
+def base_info():
+    from loradock.core.base_model import load_base_info
+
+    return load_base_info(BASE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, base_info) -> Server:
+    """A real `loradock serve` subprocess over vLLM, with a temporary store holding synthetic adapters
+    plus every valid adapter shipped in adapters/."""
+    from loradock.core.store import AdapterStore
+    from loradock.core.synthetic import make_synthetic_adapters
+    from loradock.core.validate import validate_adapter
+
+    root = tmp_path_factory.mktemp("server")
+    store = AdapterStore(root / "adapters")
+    make_synthetic_adapters(store, base_info, SYNTHETIC)
+    shipped = AdapterStore(REPO / "adapters")
+    for name in shipped.names():
+        try:
+            manifest = validate_adapter(shipped.path(name), base_info)
+        except ValueError:
+            continue
+        store.copy_from(shipped.path(name), manifest)
+    port = free_port()
+    env = {**os.environ, "LORADOCK_API_KEY": "test-key", "LORADOCK_ADMIN_KEY": "admin-key",
+           "LORADOCK_ADAPTERS_DIR": str(store.root), "LORADOCK_RAG_DIR": str(root / "rag"),
+           "LORADOCK_DB_URL": f"sqlite:///{root / 'loradock.db'}", "LORADOCK_STORE_POLL_SECONDS": "0.5",
+           "LORADOCK_MAX_CPU_LORAS": "8", "LORADOCK_MAX_LORAS": "4"}
+    log = root / "server.log"
+    lock = open(ENGINE_LOCK, "w")  # noqa: SIM115 - held for the whole session
+    deadline = time.monotonic() + 600
+    while True:  # one engine at a time on this machine; give up waiting after 10 minutes
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    proc = subprocess.Popen([sys.executable, "-m", "loradock", "serve", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    srv = Server(url=url, adapters_dir=store.root, rag_dir=root / "rag", db_url=env["LORADOCK_DB_URL"],
+                 api_key="test-key", admin_key="admin-key", base=BASE_MODEL.name, log=log, proc=proc,
+                 adapter_names=store.names(), env=env)
+    try:
+        wait_healthy(url, proc)
+    except RuntimeError:
+        proc.kill()
+        print(log.read_text()[-5000:])
+        raise
+    yield srv
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    lock.close()
+
+
+@pytest.fixture(scope="session")
+def client(server: Server):
+    import openai
+
+    return openai.OpenAI(base_url=server.v1, api_key=server.api_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture()
+def fresh_store(tmp_path: Path):
+    from loradock.core.store import AdapterStore
+
+    return AdapterStore(tmp_path / "store")
+
+
+@pytest.fixture()
+def publish_copy(server: Server):
+    """Publish a copy of an adapter under a new name into the server's store (atomic rename)."""
+    from loradock.core.store import AdapterStore
+
+    store = AdapterStore(server.adapters_dir)
+
+    def _copy(src: str, dst: str) -> Path:
+        manifest = store.read_manifest(src).model_copy(update={"name": dst})
+        return store.copy_from(store.path(src), manifest, overwrite=True)
+
+    return _copy
