@@ -90,7 +90,7 @@ def build_adapters_tab(client: ServerClient, models: gr.State, adapters_dir: Pat
         if not name:
             return "Choose an adapter first.", gr.update()
         try:
-            message = client.admin(action, name, key.strip() or None)
+            message = client.admin(action, name, (key or "").strip() or None)
             listing = client.models()
         except (RuntimeError, OSError) as e:
             return f"**{action} failed:** {e}", gr.update()

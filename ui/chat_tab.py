@@ -11,8 +11,9 @@ from loradock.ui.client import ServerClient, split_models
 DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly."
 
 
-def _messages(system: str, history: list[dict[str, Any]], user: str) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system.strip()}] if system.strip() else []
+def _messages(system: str | None, history: list[dict[str, Any]], user: str) -> list[dict[str, str]]:
+    system = (system or "").strip()
+    msgs = [{"role": "system", "content": system}] if system else []
     msgs += [{"role": m["role"], "content": _text(m["content"])} for m in history
              if m["role"] in ("user", "assistant")]
     return [*msgs, {"role": "user", "content": user}]
@@ -47,7 +48,7 @@ def build_chat_tab(client: ServerClient, models: gr.State) -> None:
 
     def respond(message: str, history: list[dict[str, Any]] | None, model_id: str | None, system_prompt: str,
                 collection: str, temp: float, p: float, max_new: float) -> Iterator[tuple[Any, ...]]:
-        history = list(history or [])
+        history, message, collection = list(history or []), message or "", (collection or "").strip()
         if not message.strip():
             yield history, "", "Type a message first."
             return
@@ -56,7 +57,7 @@ def build_chat_tab(client: ServerClient, models: gr.State) -> None:
             return
         msgs = _messages(system_prompt, history, message)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        rag_spec = {"collection": collection.strip(), "top_k": 4} if collection.strip() else None
+        rag_spec = {"collection": collection, "top_k": 4} if collection else None
         for result in client.stream_chat(model_id, msgs, temperature=temp, top_p=p, max_tokens=int(max_new),
                                          rag=rag_spec):
             history[-1] = {"role": "assistant", "content": result.text or ("..." if not result.done else "")}

@@ -69,7 +69,10 @@ class ServerClient:
 
     def models(self) -> list[dict[str, Any]]:
         """GET /v1/models with loradock's fields (parent, loaded, rank, template_sha256, created, ...)."""
-        r = httpx.get(f"{self.v1}/models", headers=self._headers(self.api_key), timeout=30)
+        try:
+            r = httpx.get(f"{self.v1}/models", headers=self._headers(self.api_key), timeout=30)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"cannot reach the server at {self.url}: {e}") from e
         _raise_for_error(r)
         return r.json()["data"]
 
@@ -78,8 +81,11 @@ class ServerClient:
         if action not in ("load", "unload"):
             raise ValueError("action must be load or unload")
         key = admin_key or self.admin_key or self.api_key
-        r = httpx.post(f"{self.v1}/{action}_lora_adapter", json={"lora_name": name},
-                       headers=self._headers(key), timeout=120)
+        try:
+            r = httpx.post(f"{self.v1}/{action}_lora_adapter", json={"lora_name": name},
+                           headers=self._headers(key), timeout=120)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"cannot reach the server at {self.url}: {e}") from e
         _raise_for_error(r)
         return r.text
 

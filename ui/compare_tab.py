@@ -38,10 +38,11 @@ def plan_sides(prompt: str, system: str, base: str, adapters: list[str], collect
                top_k: int) -> list[Side]:
     """The columns for a prompt: Prompting (base + system prompt), RAG (base + retrieval), then adapters."""
     user = [{"role": "user", "content": prompt}]
+    system, collection = (system or "").strip(), (collection or "").strip()
     sides = [Side("Prompting", "prompting", base,
-                  ([{"role": "system", "content": system.strip()}] if system.strip() else []) + user)]
-    if collection.strip():
-        sides.append(Side("RAG", "rag", base, user, {"collection": collection.strip(), "top_k": int(top_k)}))
+                  ([{"role": "system", "content": system}] if system else []) + user)]
+    if collection:
+        sides.append(Side("RAG", "rag", base, user, {"collection": collection, "top_k": int(top_k)}))
     sides += [Side(f"Adapter: {name}", "adapter", name, user) for name in adapters[:MAX_ADAPTER_COLUMNS]]
     return sides
 
@@ -141,8 +142,9 @@ def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.
     def on_run(text: str, system_prompt: str, chosen_adapters: list[str] | None, rag_collection: str,
                k: float, temp: float, max_new: float, listing: list[dict[str, Any]]) -> Iterator[list[Any]]:
         base, _ = split_models(listing or [])
+        text = (text or "").strip()
         problem = ("The server lists no models; is it running? Press Refresh models." if base is None
-                   else "Type a prompt first." if not text.strip() else None)
+                   else "Type a prompt first." if not text else None)
         if problem:
             yield [gr.update()] * (len(columns) * 4 + 4) + [problem]
             return

@@ -48,10 +48,14 @@ def stats_markdown(stats: dict[str, Any], shown: int) -> str:
             "(ties and both-bad are kept but never exported)")
 
 
-def _filters(verdict: str, approach: str, model: str, annotator: str, text: str) -> dict[str, Any]:
-    return {"verdict": None if verdict == ALL else verdict,
-            "approach": None if approach == ALL else approach, "model": model.strip() or None,
-            "annotator": annotator.strip() or None, "text": text.strip() or None}
+def _filters(verdict: str | None, approach: str | None, model: str | None, annotator: str | None,
+             text: str | None) -> dict[str, Any]:
+    def clean(value: str | None) -> str | None:
+        return (value or "").strip() or None
+
+    return {"verdict": None if verdict == ALL else clean(verdict),
+            "approach": None if approach == ALL else clean(approach), "model": clean(model),
+            "annotator": clean(annotator), "text": clean(text)}
 
 
 def build_data_tab(feedback: FeedbackStore) -> tuple[Callable[..., Any], list[Any], list[Any]]:
@@ -91,7 +95,7 @@ def build_data_tab(feedback: FeedbackStore) -> tuple[Callable[..., Any], list[An
                 win_rate_frame(stats["per_approach"]), win_rate_frame(stats["per_adapter"]), "")
 
     def remove(rid: str, *values: str) -> tuple[Any, ...]:
-        rid = rid.strip()
+        rid = (rid or "").strip()
         message = (f"Deleted `{rid}`." if rid and feedback.delete(rid)
                    else f"No record `{rid}`; select a row first." if rid else "Select a row first.")
         return (*load(*values)[:4], "", message)
