@@ -38,12 +38,13 @@ def build_chat_tab(client: ServerClient, models: gr.State) -> None:
     with gr.Row():
         temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature")
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p")
-        max_tokens = gr.Slider(8, 1024, value=256, step=8, label="max_tokens")
+        max_tokens = gr.Slider(8, 1024, value=256, step=8, label="max_tokens", elem_id="chat-max-tokens")
     chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chat-history")
     stats = gr.Markdown(elem_id="chat-stats")
     with gr.Row():
-        user = gr.Textbox(label="Message", placeholder="Ask something and press Enter", scale=5)
-        send = gr.Button("Send", variant="primary", scale=1)
+        user = gr.Textbox(label="Message", placeholder="Ask something and press Enter", scale=5,
+                          elem_id="chat-input")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=1)
 
     def respond(message: str, history: list[dict[str, Any]] | None, model_id: str | None, system_prompt: str,

@@ -1,0 +1,142 @@
+"""Real browser (Playwright + Debian's Chromium) against the real server and the UI in its own process.
+
+Runs a prompt in Compare (Prompting, RAG with a cited passage, an adapter), votes, finds the pair in the Data
+tab and in the database, and saves a screenshot of every tab into docs/img/ (used by docs/ui.md).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from loradock.core.feedback import FeedbackStore
+
+from tests.conftest import REPO, free_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.engine]
+FAQ_DOCS = REPO / "data" / "faq_docs"
+SHOTS = REPO / "docs" / "img"
+QUESTION = "How long is the Zephyr-9 warranty?"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def ui_url(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The faq collection indexed where the server reads it, and `loradock ui` running against the server."""
+    from loradock.serve.rag import RagStore
+
+    RagStore(server.rag_dir).index(FAQ_DOCS, "faq")
+    port = free_port()
+    log = tmp_path_factory.mktemp("ui") / "ui.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loradock", "ui", "--port", str(port), "--server", server.url,
+         "--api-key", server.api_key, "--admin-key", server.admin_key, "--db-url", server.db_url,
+         "--adapters-dir", str(server.adapters_dir)],
+        cwd=REPO, env=server.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "UI did not start: " + log.read_text()[-3000:]
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(ui_url: str) -> Iterator[object]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed: run `make browser` (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(ui_url)
+        _wait_text(page, "#server-status", "adapters")
+        yield page
+        browser.close()
+
+
+def _wait_text(page, selector: str, pattern: str) -> str:
+    """Wait until the element's text matches ``pattern``; return the text."""
+    page.wait_for_function(
+        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel)?.innerText ?? '')",
+        arg=[selector, pattern])
+    return page.locator(selector).inner_text()
+
+
+def _set_number(page, slider_id: str, value: int) -> None:
+    box = page.locator(f"#{slider_id} input[type='number']")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_chat_streams_an_answer(page) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    _set_number(page, "chat-max-tokens", 24)
+    page.locator("#chat-input textarea").fill("Say hello in five words.")
+    page.locator("#chat-send").click()
+    stats = _wait_text(page, "#chat-stats", r"tok/s|error")
+    assert "error" not in stats and re.search(r"\d+ tokens", stats)
+    assert page.locator("#chat-history").inner_text().count("Say hello in five words.") == 1
+    page.screenshot(path=str(SHOTS / "ui-chat.png"), full_page=True)
+
+
+def test_compare_vote_and_see_the_pair_in_data(page, server) -> None:
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea").fill(QUESTION)
+    page.locator("#compare-adapters input").click()
+    page.get_by_role("option", name="syn-a", exact=True).click()
+    page.keyboard.press("Escape")
+    _set_number(page, "compare-max-tokens", 40)
+    page.locator("#compare-run").click()
+    _wait_text(page, "#vote-status", r"Done|Need two")
+
+    # Prompting, RAG and the adapter all answered, each with latency and tokens; RAG shows its passages.
+    for column in range(3):
+        answer = page.locator(f"#compare-answer-{column}").inner_text().strip()
+        stats = page.locator(f"#compare-stats-{column}").inner_text()
+        assert answer and answer != "(no answer)", f"column {column} is empty"
+        assert re.search(r"\d+\.\d+ s .* \d+ tokens", stats), stats
+    passages = page.locator("#compare-passages").inner_text()
+    assert "Cited passages" in passages and "warranty.md" in passages
+    page.screenshot(path=str(SHOTS / "ui-compare.png"), full_page=True)
+
+    # Side A is Prompting, side B the adapter (the defaults after a run); vote "B better".
+    page.locator("#vote-b").click()
+    status = _wait_text(page, "#vote-status", r"Stored|Not stored")
+    record_id = re.search(r"fb-[0-9a-f]{24}", status).group(0)
+
+    page.get_by_role("tab", name="Data").click()
+    table = _wait_text(page, "#data-table", record_id)
+    assert "adapter: syn-a" in table and "prompting" in table
+    assert re.search(r"\d+ exportable pairs", page.locator("#data-summary").inner_text())
+    page.screenshot(path=str(SHOTS / "ui-data.png"), full_page=True)
+
+    with FeedbackStore(server.db_url) as store:
+        record = store.get(record_id)
+    assert record.verdict == "b" and record.chosen_model == "syn-a" and record.chosen_approach == "adapter"
+    assert record.rejected_approach == "prompting"
+    assert record.prompt == [{"role": "user", "content": QUESTION}]
+
+
+def test_adapters_tab_shows_the_store(page, server) -> None:
+    page.get_by_role("tab", name="Adapters").click()
+    table = _wait_text(page, "#adapters-table", "syn-a")
+    assert "(base)" in table and "syn-b" in table
+    page.screenshot(path=str(SHOTS / "ui-adapters.png"), full_page=True)
