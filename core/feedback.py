@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from loradock.core.template import TemplateError, normalize_messages, template_sha256
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import JSON, DateTime, String, Text, cast, create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from loradock.core.template import TemplateError, normalize_messages, template_sha256
 
 log = logging.getLogger(__name__)
 

@@ -82,8 +82,8 @@ def adapters_list(config: Path | None = ConfigOpt, adapters_dir: Path | None = D
 @adapters_app.command("show")
 def adapters_show(name: str, config: Path | None = ConfigOpt, adapters_dir: Path | None = DirOpt) -> None:
     """Print an adapter's manifest as JSON."""
-    from loradock.core.store import AdapterStore
     from loradock.core.settings import load_settings
+    from loradock.core.store import AdapterStore
 
     store = AdapterStore(load_settings(config, adapters_dir=adapters_dir).adapters_dir)
     try:

@@ -6,6 +6,7 @@ feature is also proven against the real vLLM engine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -133,7 +134,8 @@ class VLLMEngine:
         # On CPU the KV cache size comes from the environment, read by the spawned engine process.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_space_gib))
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.settings.base_model))
-        self.llm = AsyncLLM.from_engine_args(self.engine_args())
+        # Built in a worker thread so /health can answer 503 while the engine starts (about 30 s on CPU).
+        self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self.engine_args())
 
     def _sampling(self, p: GenParams) -> Any:
         from vllm import SamplingParams

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from loradock.core.feedback import FeedbackStore
-from loradock.core.template import template_sha256, template_source
 from pydantic import ValidationError
 from sqlalchemy import text
+
+from loradock.core.feedback import FeedbackStore
+from loradock.core.template import template_sha256, template_source
 
 BASE_MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
 

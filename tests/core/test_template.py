@@ -38,7 +38,8 @@ def test_render_matches_transformers(tokenizer, messages, add_generation_prompt)
     theirs = tokenizer.apply_chat_template(messages, chat_template=template_source(), tokenize=False,
                                            add_generation_prompt=add_generation_prompt)
     assert ours == theirs
-    assert encode(tokenizer, messages, add_generation_prompt) == tokenizer(theirs, add_special_tokens=False)["input_ids"]
+    expected_ids = tokenizer(theirs, add_special_tokens=False)["input_ids"]
+    assert encode(tokenizer, messages, add_generation_prompt) == expected_ids
 
 
 def test_generation_markers_change_no_byte():
