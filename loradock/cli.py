@@ -12,7 +12,7 @@ from rich.table import Table
 
 from loradock.serve.cli import bench_cmd, demo_cmd, rag_app, serve_cmd
 from loradock.train.cli import data_app, eval_cmd, train_app
-from loradock.ui.cli import ui_cmd
+from loradock.ui.cli import export_cmd, ui_cmd
 
 app = typer.Typer(
     help="loradock: one base LLM, many hot-swappable LoRA adapters.",
@@ -24,6 +24,7 @@ model_app = typer.Typer(help="The base model: materialize the embedded one, show
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(model_app, name="model")
 app.add_typer(train_app, name="train")
+data_app.command("export")(export_cmd)
 app.add_typer(data_app, name="data")
 app.add_typer(rag_app, name="rag")
 app.command("serve")(serve_cmd)

@@ -46,26 +46,11 @@ def serve_cmd(
         max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size, pinned_adapters=pin or None)
-    app = create_app(settings, retriever=_retriever(settings), feedback=_feedback(settings))
+    from loradock.core.feedback import FeedbackStore
+    from loradock.serve.rag import RagStore
+
+    app = create_app(settings, retriever=RagStore(settings.rag_dir), feedback=FeedbackStore(settings.db_url))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
-
-
-def _retriever(settings):  # noqa: ANN001, ANN202 - optional pieces, imported lazily
-    try:
-        from loradock.serve.rag import RagStore
-    except ImportError:
-        log.warning("RAG is not available in this build")
-        return None
-    return RagStore(settings.rag_dir)
-
-
-def _feedback(settings):  # noqa: ANN001, ANN202
-    try:
-        from loradock.core.feedback import FeedbackStore
-    except ImportError:
-        log.warning("feedback storage is not available in this build")
-        return None
-    return FeedbackStore(settings.db_url)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
