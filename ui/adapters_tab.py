@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+
 from loradock.core.manifest import MANIFEST_FILE, NAME_RE
 from loradock.ui.client import ServerClient, split_models
 

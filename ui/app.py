@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+
 from loradock.core.feedback import FeedbackStore
 from loradock.ui.adapters_tab import build_adapters_tab
 from loradock.ui.chat_tab import build_chat_tab
@@ -32,7 +33,7 @@ def build_ui(server_url: str, api_key: str | None = None, admin_key: str | None 
         models = gr.State([])
         with gr.Row():
             gr.Markdown(f"## loradock\nServer `{client.url}` · preferences in `{_redact(db_url)}`")
-            refresh = gr.Button("Refresh models", scale=0, elem_id="refresh-models")
+            refresh = gr.Button("Refresh models", scale=0, size="sm", min_width=140, elem_id="refresh-models")
         server_status = gr.Markdown(elem_id="server-status")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
@@ -41,7 +42,7 @@ def build_ui(server_url: str, api_key: str | None = None, admin_key: str | None 
                 build_compare_tab(client, feedback, models, rag_collection)
             with gr.Tab("Data", id="data") as data_tab:
                 load_data, data_inputs, data_outputs = build_data_tab(feedback)
-            with gr.Tab("Adapters", id="adapters"):
+            with gr.Tab("Adapters", id="adapters") as adapters_tab:
                 build_adapters_tab(client, models, adapters_dir)
 
         def fetch_models() -> tuple[Any, str]:
@@ -55,6 +56,7 @@ def build_ui(server_url: str, api_key: str | None = None, admin_key: str | None 
 
         demo.load(fetch_models, None, [models, server_status])
         refresh.click(fetch_models, None, [models, server_status])
+        adapters_tab.select(fetch_models, None, [models, server_status])  # resident state changes
         demo.load(load_data, data_inputs, data_outputs)
         data_tab.select(load_data, data_inputs, data_outputs)
     return demo

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+
 from loradock.ui.client import ServerClient, split_models
 
 DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly."

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+from pydantic import ValidationError
+
 from loradock.core.feedback import FeedbackStore, PreferenceIn
 from loradock.ui.client import ServerClient, StreamResult, split_models
-from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 MAX_ADAPTER_COLUMNS = 3

@@ -9,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+
 from loradock.core.feedback import APPROACHES, VERDICTS, FeedbackStore, PreferenceRecord
 
 COLUMNS = ["id", "created", "verdict", "chosen side", "rejected side", "prompt", "chosen", "rejected",
@@ -37,7 +38,9 @@ def records_frame(records: list[PreferenceRecord]) -> pd.DataFrame:
 def win_rate_frame(table: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Bar-plot data: one row per approach (or adapter) with its win rate and games."""
     rows = [{"name": k, "win_rate": v["win_rate"], "games": v["games"]} for k, v in table.items()]
-    return pd.DataFrame(rows, columns=["name", "win_rate", "games"])
+    # Explicit dtypes: an empty frame would otherwise be object-typed and plot win rates as categories.
+    return pd.DataFrame(rows, columns=["name", "win_rate", "games"]).astype(
+        {"name": str, "win_rate": float, "games": int})
 
 
 def stats_markdown(stats: dict[str, Any], shown: int) -> str:
@@ -75,7 +78,8 @@ def build_data_tab(feedback: FeedbackStore) -> tuple[Callable[..., Any], list[An
         per_adapter = gr.BarPlot(x="name", y="win_rate", title="Win rate per adapter", y_lim=[0, 1],
                                  x_title="adapter", y_title="win rate", height=240)
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=420, elem_id="data-table",
-                         label="Preference records (click a row to select it)")
+                         label="Preference records (click a row to select it)",
+                         column_widths=["17%", "10%", "6%", "10%", "10%", "15%", "14%", "12%", "6%"])
     with gr.Row():
         record_id = gr.Textbox(label="Selected record id", elem_id="data-record-id", scale=3)
         delete = gr.Button("Delete record", variant="stop", scale=1)

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from loradock.core.feedback import FeedbackStore
 
+from loradock.core.feedback import FeedbackStore
 from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
@@ -135,8 +135,17 @@ def test_compare_vote_and_see_the_pair_in_data(page, server) -> None:
     assert record.prompt == [{"role": "user", "content": QUESTION}]
 
 
-def test_adapters_tab_shows_the_store(page, server) -> None:
+def test_adapters_tab_shows_the_store_and_admins_unload_and_load(page, server) -> None:
     page.get_by_role("tab", name="Adapters").click()
     table = _wait_text(page, "#adapters-table", "syn-a")
     assert "(base)" in table and "syn-b" in table
+    assert re.search(r"syn-a\s+SmolLM2-135M-Instruct\s+yes", table), "syn-a served the compare: resident"
     page.screenshot(path=str(SHOTS / "ui-adapters.png"), full_page=True)
+
+    # syn-a is selected; the UI was started with the admin key.
+    page.locator("#adapters-unload").click()
+    assert "removed" in _wait_text(page, "#adapters-status", r"removed|failed")
+    assert re.search(r"syn-a\s+SmolLM2-135M-Instruct\s+no", _wait_text(page, "#adapters-table", r"syn-a\s+\S+\s+no"))
+    page.locator("#adapters-load").click()
+    assert "added" in _wait_text(page, "#adapters-status", r"added|failed")
+    _wait_text(page, "#adapters-table", r"syn-a\s+\S+\s+yes")

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import typer
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
 from loradock.core.feedback import FeedbackStore
 from loradock.ui.adapters_tab import models_frame
 from loradock.ui.cli import export_cmd
 from loradock.ui.compare_tab import MAX_ADAPTER_COLUMNS, passages_markdown, plan_sides, preference
 from loradock.ui.data_tab import records_frame, win_rate_frame
-from pydantic import ValidationError
-from typer.testing import CliRunner
 
 BASE = "SmolLM2-135M-Instruct"
 
@@ -89,6 +90,12 @@ def test_data_tables(tmp_path: Path) -> None:
     assert rates.loc["adapter", "games"] == 4 and rates.loc["adapter", "win_rate"] == pytest.approx(0.375)
 
 
+def test_win_rate_frame_is_numeric_even_when_empty() -> None:
+    # An object-typed column makes Gradio plot win rates as categories.
+    frame = win_rate_frame({})
+    assert frame.empty and str(frame["win_rate"].dtype) == "float64" and str(frame["games"].dtype) == "int64"
+
+
 def test_data_export_command_writes_only_pairs(tmp_path: Path) -> None:
     url, _ = _store_with_votes(tmp_path)
     app = typer.Typer()
@@ -107,6 +114,7 @@ def test_data_export_command_writes_only_pairs(tmp_path: Path) -> None:
 
 def test_build_ui_has_the_four_tabs(tmp_path: Path) -> None:
     import gradio as gr
+
     from loradock.ui.app import build_ui
 
     demo = build_ui("http://127.0.0.1:9", None, None, f"sqlite:///{tmp_path}/ui.db")
