@@ -21,7 +21,8 @@ from loradock.serve.engine import Engine, VLLMEngine
 from loradock.serve.errors import PayloadTooLarge, error_response, install_error_handlers
 from loradock.serve.generation import GenerationService, Retriever
 from loradock.serve.metrics import Metrics
-from loradock.serve.routes import admin, feedback, inference, models, system
+from loradock.serve.routes import admin, inference, models, system
+from loradock.serve.routes import feedback as feedback_routes
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def create_app(settings: Settings, engine: Engine | None = None, retriever: Retr
     state.feedback = feedback
     state.generation = GenerationService(settings, engine, registry, metrics, retriever)
     install_error_handlers(app)
-    for module in (system, models, inference, admin, feedback):
+    for module in (system, models, inference, admin, feedback_routes):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
