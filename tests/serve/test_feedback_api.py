@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from loradock.core.feedback import FeedbackStore
 
+from loradock.core.feedback import FeedbackStore
 from tests.conftest import REPO, free_port
 
 ROW = {"prompt": [{"role": "user", "content": "How long is the Zephyr-9 warranty?"}],
@@ -116,3 +116,16 @@ def test_bad_records_get_an_openai_shaped_400(server, client: openai.OpenAI, cha
 def test_feedback_needs_the_api_key(server) -> None:
     r = httpx.post(f"{server.v1}/feedback", json=ROW)
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_record() -> None:
+    import json
+
+    # The real app and database path; the idle engine makes each restart take a second instead of 30.
+    cmd = f"{sys.executable} -m uvicorn --factory tests.serve.feedback_server:build --log-level warning"
+    out = subprocess.run([sys.executable, str(REPO / "scripts/feedback_crash.py"), "--quick", "--server-cmd", cmd],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    report = json.loads(out.stdout)
+    assert report["killed_with_sigkill"] and report["acknowledged"] >= 100, report
+    assert report["lost_acknowledged"] == 0, report
+    assert out.returncode == 0
