@@ -211,3 +211,27 @@ def test_metrics_are_labelled_by_adapter(client, server):
     assert 'loradock_requests_total{endpoint="chat",model="syn-b",status="ok"}' in text
     assert 'loradock_generation_tokens_total{model="syn-b"}' in text
     assert "loradock_adapters_resident" in text and "loradock_requests_waiting" in text
+
+
+def test_lru_eviction_past_max_cpu_loras_spares_pinned(client, server, publish_copy):
+    from loradock.core.store import AdapterStore
+
+    admin = httpx.Client(base_url=server.url, headers=server.headers(admin=True), timeout=60)
+    publish_copy("syn-a", "pinned-one")
+    assert admin.post("/v1/load_lora_adapter", json={"lora_name": "pinned-one", "pin": True}).status_code == 200
+    names = [f"evict-{i}" for i in range(9)]  # the fixture's server keeps at most 8 resident
+    for name in names:
+        publish_copy("syn-b", name)
+    for name in names:
+        assert client.chat.completions.create(model=name, messages=Q, max_tokens=2, temperature=0).choices
+    models = {m.id: m.model_extra for m in client.models.list().data}
+    resident = [n for n, extra in models.items() if extra.get("parent") and extra["loaded"]]
+    assert len(resident) <= 8, resident
+    assert models["pinned-one"]["loaded"] and models["pinned-one"]["pinned"]
+    assert not models["evict-0"]["loaded"]  # least recently used
+    assert models[names[-1]]["loaded"]
+    # An evicted adapter still answers: it is loaded again just in time.
+    assert client.chat.completions.create(model="evict-0", messages=Q, max_tokens=2).choices
+    store = AdapterStore(server.adapters_dir)
+    for name in [*names, "pinned-one"]:
+        store.remove(name)
