@@ -31,16 +31,11 @@ from loradock.train.config import (
 )
 
 log = logging.getLogger(__name__)
-console = Console()
 
-train_app = typer.Typer(
-    help="Train SFT/DPO LoRA adapters with TRL + PEFT and publish them.", no_args_is_help=True
-)
+train_app = typer.Typer(help="Train SFT/DPO LoRA adapters with TRL + PEFT and publish them.", no_args_is_help=True)
 data_app = typer.Typer(help="Check training data before training on it.", no_args_is_help=True)
 
-RecipeOpt = typer.Option(
-    None, "--recipe", help="Flat YAML recipe file, or a shipped recipe name (json-answer)."
-)
+RecipeOpt = typer.Option(None, "--recipe", help="Flat YAML recipe file, or a shipped recipe name (json-answer).")
 _CLI_TYPES: dict[Any, Any] = {int: int | None, float: float | None, bool: bool | None}
 
 
@@ -73,8 +68,13 @@ def _with_recipe_flags(fn: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def _console() -> Console:
+    # Built per command (no module state), so COLUMNS and output redirection apply when the command runs.
+    return Console()
+
+
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
 
 
@@ -91,9 +91,7 @@ def _run(method: str, recipe: str | None, overrides: dict[str, Any]) -> None:
         path = run(cfg)
     except (RecipeError, DataError, AdapterInvalid, FileExistsError) as e:
         raise _fail(str(e)) from e
-    console.print(
-        f"[green]published[/green] {cfg.name} -> {path}  (a running server picks it up within seconds)"
-    )
+    _console().print(f"[green]published[/green] {cfg.name} -> {path}  (a running server picks it up within seconds)")
 
 
 @train_app.command("sft")
@@ -132,6 +130,7 @@ def plan_cmd(recipe: str | None = RecipeOpt, **overrides: Any) -> None:
         raise _fail(str(e)) from e
     settings = load_settings()
     base_path = Path(cfg.base_model) if cfg.base_model else settings.base_model
+    console = _console()
     if cfg.lora_r > settings.max_lora_rank:
         console.print(
             f"[yellow]warning:[/yellow] --lora-r {cfg.lora_r} is above the server's max LoRA rank "
@@ -150,15 +149,9 @@ def plan_cmd(recipe: str | None = RecipeOpt, **overrides: Any) -> None:
 def data_check_cmd(
     file: Path = typer.Argument(..., help="JSONL, CSV, or a saved HF dataset folder."),
     method: str = typer.Option("auto", "--method", help="auto, sft or dpo (auto: chosen/rejected -> dpo)."),
-    max_length: int | None = typer.Option(
-        None, "--max-length", help="Token limit (default: recipe's, or 256)."
-    ),
-    recipe: str | None = typer.Option(
-        None, "--recipe", help="Take --max-length and the base from this recipe."
-    ),
-    base_model: Path | None = typer.Option(
-        None, "--base-model", help="Tokenizer folder (default: the base)."
-    ),
+    max_length: int | None = typer.Option(None, "--max-length", help="Token limit (default: recipe's, or 256)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Take --max-length and the base from this recipe."),
+    base_model: Path | None = typer.Option(None, "--base-model", help="Tokenizer folder (default: the base)."),
 ) -> None:
     """Find schema errors, empty turns, duplicates, contradictions and too-long rows; exit 1 if any."""
     from loradock.core.settings import load_settings
@@ -178,6 +171,7 @@ def data_check_cmd(
     limit = max_length or int(recipe_values.get("max_length", 256))
     base = base_model or Path(recipe_values.get("base_model") or load_settings().base_model)
     report = check_rows(records, method, count_tokens(load_tokenizer(base)), limit, file)
+    console = _console()
     console.print(data_summary(report))
     if not report.ok:
         console.print(data_problems(report))
@@ -188,16 +182,10 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Held-out eval rows (JSONL with expected + metric)."),
     adapter: str = typer.Option(..., "--adapter", help="Adapter name as served."),
     server: str = typer.Option("http://127.0.0.1:8000", "--server", help="Server URL (without /v1)."),
-    rag_collection: str | None = typer.Option(
-        None, "--rag-collection", help="Also try RAG on this collection."
-    ),
+    rag_collection: str | None = typer.Option(None, "--rag-collection", help="Also try RAG on this collection."),
     system: str | None = typer.Option(None, "--system", help="System prompt for the prompting approach."),
-    metric: str | None = typer.Option(
-        None, "--metric", help="exact, contains or json (rows may declare it)."
-    ),
-    general: Path = typer.Option(
-        Path("data/general_questions.jsonl"), "--general", help="Forgetting-check set."
-    ),
+    metric: str | None = typer.Option(None, "--metric", help="exact, contains or json (rows may declare it)."),
+    general: Path = typer.Option(Path("data/general_questions.jsonl"), "--general", help="Forgetting-check set."),
     threshold: float = typer.Option(0.8, "--threshold", help="Score an approach needs to count as working."),
     max_tokens: int = typer.Option(96, "--max-tokens", help="Answer length limit per request."),
     concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight."),
@@ -215,6 +203,7 @@ def eval_cmd(
     except (EvalError, OSError) as e:
         raise _fail(str(e)) from e
     key = api_key or os.environ.get("LORADOCK_API_KEY") or "none"
+    console = _console()
     try:
         results = evaluate_all(
             console,

@@ -125,9 +125,7 @@ def split(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[
     random.Random(seed).shuffle(order)
     n_val = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
     val_idx = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in val_idx], [
-        r for i, r in enumerate(rows) if i in val_idx
-    ]
+    return [r for i, r in enumerate(rows) if i not in val_idx], [r for i, r in enumerate(rows) if i in val_idx]
 
 
 def load_model(base_path: Path, quantization: str) -> Any:

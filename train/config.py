@@ -51,23 +51,15 @@ class TrainConfig:
     lora_r: int = _key(8, "LoRA rank; 8-16 is plenty, and the server accepts at most LORADOCK_MAX_LORA_RANK.")
     lora_alpha: float | None = _key(None, "LoRA scaling alpha (default: 2 x --lora-r).")
     lora_dropout: float = _key(0.05, "Dropout on the LoRA input during training.")
-    target_modules: list[str] = _key(
-        ["q_proj", "v_proj"], "Base modules that get LoRA matrices, comma separated."
-    )
-    quantization: str = _key(
-        "none", "Base weights while training: none (float) or nf4 (QLoRA, bitsandbytes)."
-    )
+    target_modules: list[str] = _key(["q_proj", "v_proj"], "Base modules that get LoRA matrices, comma separated.")
+    quantization: str = _key("none", "Base weights while training: none (float) or nf4 (QLoRA, bitsandbytes).")
     learning_rate: float = _key(2e-4, "Peak learning rate (2e-4 nudges a LoRA; larger shoves and forgets).")
     epochs: float = _key(3.0, "Passes over the training data (1-3; more mostly memorises).")
     max_steps: int = _key(-1, "Stop after this many optimizer steps; overrides --epochs when > 0.")
     batch_size: int = _key(8, "Rows per device per step.")
     grad_accum: int = _key(1, "Steps to accumulate before each optimizer update.")
-    max_length: int = _key(
-        256, "Longest row in tokens; `data check` flags longer rows instead of truncating."
-    )
-    lr_scheduler: str = _key(
-        "linear", "Learning-rate schedule: linear, cosine, constant, constant_with_warmup."
-    )
+    max_length: int = _key(256, "Longest row in tokens; `data check` flags longer rows instead of truncating.")
+    lr_scheduler: str = _key("linear", "Learning-rate schedule: linear, cosine, constant, constant_with_warmup.")
     warmup_steps: int = _key(0, "Optimizer steps of linear warm-up.")
     weight_decay: float = _key(0.0, "AdamW weight decay.")
     val_fraction: float = _key(0.1, "Share of --data held out for validation when no --eval-data is given.")
@@ -77,9 +69,7 @@ class TrainConfig:
     seed: int = _key(42, "Seed for the split, the LoRA init and the data order (runs are reproducible).")
     beta: float = _key(0.1, "DPO only: how far the policy may move from the reference (higher = closer).")
     gradient_checkpointing: bool = _key(False, "Recompute activations to save memory (slower).")
-    drop_invalid: bool = _key(
-        False, "Drop rows that fail `data check` (and report counts) instead of refusing."
-    )
+    drop_invalid: bool = _key(False, "Drop rows that fail `data check` (and report counts) instead of refusing.")
     resume: bool = _key(False, "Continue from the last checkpoint in --output-dir.")
     overwrite: bool = _key(False, "Replace an adapter of the same name in the store.")
 
@@ -114,9 +104,7 @@ class TrainConfig:
         need(self.quantization in QUANTIZATIONS, f"--quantization must be one of {', '.join(QUANTIZATIONS)}")
         need(self.learning_rate > 0, "--learning-rate must be positive")
         need(self.epochs > 0, "--epochs must be positive")
-        need(
-            self.max_steps == -1 or self.max_steps > 0, "--max-steps must be positive (or -1 to use --epochs)"
-        )
+        need(self.max_steps == -1 or self.max_steps > 0, "--max-steps must be positive (or -1 to use --epochs)")
         need(self.batch_size > 0, "--batch-size must be positive")
         need(self.grad_accum > 0, "--grad-accum must be positive")
         need(self.max_length >= 16, "--max-length must be at least 16 tokens")
@@ -214,7 +202,8 @@ def build_config(method: str, recipe: str | Path | None, overrides: dict[str, An
     if recipe is not None:
         path = find_recipe(recipe, method)
         values = load_recipe(path)
-        declared = values.get("method", method)
+        folder = path.parent.name
+        declared = values.get("method") or (folder if folder in METHODS else method)
         if declared != method:
             raise RecipeError(f"recipe {path} is a {declared} recipe; run `loradock train {declared}`")
         values.setdefault("name", path.stem)

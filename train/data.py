@@ -107,9 +107,7 @@ def read_records(path: Path) -> list[Record]:
         return _read_csv(path)
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return _read_jsonl(path)
-    raise DataError(
-        f"{path}: unsupported format; use .jsonl, .csv, or a folder saved with Dataset.save_to_disk"
-    )
+    raise DataError(f"{path}: unsupported format; use .jsonl, .csv, or a folder saved with Dataset.save_to_disk")
 
 
 def _read_jsonl(path: Path) -> list[Record]:
@@ -335,9 +333,7 @@ def _find_contradictions(report: DataReport) -> None:
             continue
         chosen, rejected = d["chosen"][0]["content"].strip(), d["rejected"][0]["content"].strip()
         if chosen == rejected:
-            report.problems.append(
-                Problem("contradiction", row.line, "chosen and rejected are the same answer")
-            )
+            report.problems.append(Problem("contradiction", row.line, "chosen and rejected are the same answer"))
         groups[_key(d["prompt"])].append((row.line, _key([chosen, rejected])))
     for entries in groups.values():
         for line, answer in entries:
@@ -368,7 +364,5 @@ def usable_rows(report: DataReport, drop_invalid: bool) -> tuple[list[Row], dict
             "Fix the file, or pass --drop-invalid to train on the clean rows only"
         )
     clean = report.clean_rows()
-    log.warning(
-        "--drop-invalid: dropped %d of %d rows (%s)", report.total - len(clean), report.total, summary
-    )
+    log.warning("--drop-invalid: dropped %d of %d rows (%s)", report.total - len(clean), report.total, summary)
     return clean, counts

@@ -24,9 +24,7 @@ def check_same_template(trainer: Any, tokenizer: Any, rows: list) -> None:
     first = trainer.train_dataset[0]
     expected = encode(tokenizer, rows[0].data["prompt"], add_generation_prompt=True)
     if list(first["prompt_ids"]) != expected:
-        raise RuntimeError(
-            "DPO tokenization differs from loradock's template; refusing to train a drifting adapter"
-        )
+        raise RuntimeError("DPO tokenization differs from loradock's template; refusing to train a drifting adapter")
 
 
 def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
@@ -37,6 +35,7 @@ def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
 
     ctx = common.resolve(cfg, settings)
     check_name_free(ctx)
+    resume_from = common.prepare_output_dir(ctx)
     set_seed(cfg.seed)
 
     # --- tokenizer and data: checked, split; TRL renders with the installed core template
@@ -49,7 +48,6 @@ def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     model = common.load_model(ctx.base.path, cfg.quantization)
 
     # --- trainer: eval on a schedule, early stopping, best checkpoint kept
-    resume_from = common.prepare_output_dir(ctx)
     args = DPOConfig(**common.trainer_kwargs(ctx, len(train_ds), val_ds is not None), beta=cfg.beta)
     trainer = DPOTrainer(
         model=model,
@@ -65,8 +63,9 @@ def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
 
     # --- train (optionally resuming) and evaluate the kept model
     trainer.train(resume_from_checkpoint=resume_from)
+    history = list(trainer.state.log_history)
     final_eval = trainer.evaluate() if val_ds is not None else {}
 
     # --- publish
-    metrics = training_metrics(trainer, final_eval, common.total_steps(cfg, len(train_ds)))
+    metrics = training_metrics(trainer, history, final_eval, common.total_steps(cfg, len(train_ds)))
     return publish_adapter(ctx, trainer.model, data, metrics)

@@ -78,8 +78,7 @@ def evaluate_all(
         reason += "; but the adapter forgets general answers: lower the LR/epochs or mix in general examples"
     style = "green" if winner is not None else "yellow"
     console.print(
-        f"[bold {style}]cheapest that works:[/bold {style}] "
-        f"{winner.approach.label if winner else 'none'} ({reason})"
+        f"[bold {style}]cheapest that works:[/bold {style}] {winner.approach.label if winner else 'none'} ({reason})"
     )
     return {
         "adapter": adapter,

@@ -5,8 +5,8 @@ Everything goes through the running server with the official ``openai`` client a
 
 Eval rows (JSONL): ``messages`` (or ``prompt``) ending with the user's turn, ``expected`` (a string or a list
 of acceptable strings), ``metric`` (exact | contains | json), optional ``system`` (the instruction the
-prompting approach gets) and ``json_keys`` (the exact keys a json answer must have). A row whose messages end
-with an assistant turn uses that turn as ``expected``.
+prompting approach gets), ``json_keys`` (the exact keys a json answer must have) and ``max_words`` (a length
+limit on top of the metric). A row whose messages end with an assistant turn uses that turn as ``expected``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class EvalItem:
     metric: str
     system: str | None = None
     json_keys: list[str] | None = None
+    max_words: int | None = None
 
 
 @dataclass
@@ -71,9 +72,7 @@ class ApproachResult:
 # ---------------------------------------------------------------- data and scoring
 
 
-def load_items(
-    path: Path, default_metric: str | None = None, default_system: str | None = None
-) -> list[EvalItem]:
+def load_items(path: Path, default_metric: str | None = None, default_system: str | None = None) -> list[EvalItem]:
     """Read eval rows; errors name the line to fix."""
     items = []
     with open(path, encoding="utf-8") as f:
@@ -111,7 +110,11 @@ def _item(row: dict[str, Any], default_metric: str | None, default_system: str |
     expected = [expected] if isinstance(expected, str) else [str(e) for e in expected]
     if metric != "json" and not expected:
         raise ValueError(f"metric {metric!r} needs 'expected'")
-    return EvalItem(messages, expected, metric, row.get("system") or default_system, row.get("json_keys"))
+    max_words = row.get("max_words")
+    if max_words is not None and (not isinstance(max_words, int) or max_words <= 0):
+        raise ValueError("max_words must be a positive integer")
+    system = row.get("system") or default_system
+    return EvalItem(messages, expected, metric, system, row.get("json_keys"), max_words)
 
 
 def _norm(text: str) -> str:
@@ -119,7 +122,9 @@ def _norm(text: str) -> str:
 
 
 def score(item: EvalItem, output: str) -> bool:
-    """Does the output pass the item's metric?"""
+    """Does the output pass the item's metric (and its word limit, if any)?"""
+    if item.max_words is not None and len(output.split()) > item.max_words:
+        return False
     if item.metric == "exact":
         return any(_norm(output) == _norm(e) for e in item.expected)
     if item.metric == "contains":
@@ -197,8 +202,8 @@ def run_approach(
     if approach.rag:
         try:
             first = chat(client, approach, items[0], max_tokens)
-        except openai.BadRequestError as e:
-            result.skipped = f"server refused RAG: {getattr(e, 'message', e)}"
+        except (openai.BadRequestError, openai.NotFoundError, openai.UnprocessableEntityError) as e:
+            result.skipped = f"server refused RAG ({e.status_code}): {e.message}"
             advance(len(items))
             return result
         advance(1)
@@ -248,10 +253,7 @@ class Forgetting:
 
 def forgetting_check(base: ApproachResult, adapter: ApproachResult, items: list[EvalItem]) -> Forgetting:
     """Compare adapter and base answers to the shipped general questions."""
-    examples = [
-        (i.messages[-1]["content"], b, a)
-        for i, b, a in zip(items, base.outputs, adapter.outputs, strict=True)
-    ]
+    examples = [(i.messages[-1]["content"], b, a) for i, b, a in zip(items, base.outputs, adapter.outputs, strict=True)]
     same = sum(same_answer(b, a) for _, b, a in examples)
     return Forgetting(len(items), base.passed, adapter.passed, same, examples)
 

@@ -21,9 +21,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> dic
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for token_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
-        inside = any(
-            start < span_end and end > span_start for span_start, span_end in rendered.assistant_spans
-        )
+        inside = any(start < span_end and end > span_start for span_start, span_end in rendered.assistant_spans)
         labels.append(token_id if inside else IGNORE_INDEX)
     return {"input_ids": list(enc["input_ids"]), "labels": labels}
 

@@ -59,9 +59,7 @@ def make_plan(cfg: TrainConfig, base_path: Path, base_name: str) -> Plan:
     lora_names = [n.replace(".default", "") for n, p in model.named_parameters() if p.requires_grad]
     # QLoRA adapters are trained (and saved) in bf16 by TRL; float bases keep them fp32.
     adapter_dtype_bytes = 2 if cfg.quantization == "nf4" else 4
-    adapter_bytes = trainable * adapter_dtype_bytes + sum(
-        len(n) + SAFETENSORS_ENTRY_BYTES for n in lora_names
-    )
+    adapter_bytes = trainable * adapter_dtype_bytes + sum(len(n) + SAFETENSORS_ENTRY_BYTES for n in lora_names)
     return Plan(
         base_name=base_name,
         trainable=trainable,
@@ -84,9 +82,7 @@ def weight_bytes(total: int, quantizable: int, scale_rows: int, precision: str) 
     return quantizable * PRECISIONS[precision] + extra + rest * 2.0
 
 
-def memory_table(
-    total: int, quantizable: int, scale_rows: int, trainable: int
-) -> dict[str, dict[str, float | None]]:
+def memory_table(total: int, quantizable: int, scale_rows: int, trainable: int) -> dict[str, dict[str, float | None]]:
     """Rows: weights only, full FT, LoRA, QLoRA; columns: fp32, bf16, int8, int4 (None = not possible)."""
     adapter_training = trainable * (4 + 4 + ADAM_BYTES)  # fp32 adapter weights, grads and AdamW moments
 

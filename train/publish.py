@@ -20,9 +20,7 @@ PLOT_FILE = "loss_curve.png"
 def loss_curves(log_history: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
     """Train and validation loss as [step, loss] pairs from a Trainer's ``state.log_history``."""
     train = [[e["step"], round(float(e["loss"]), 5)] for e in log_history if "loss" in e and "step" in e]
-    val = [
-        [e["step"], round(float(e["eval_loss"]), 5)] for e in log_history if "eval_loss" in e and "step" in e
-    ]
+    val = [[e["step"], round(float(e["eval_loss"]), 5)] for e in log_history if "eval_loss" in e and "step" in e]
     return {"train_loss": train, "val_loss": val}
 
 
@@ -47,22 +45,28 @@ def plot_losses(curves: dict[str, list[list[float]]], title: str, out: Path) -> 
     fig.savefig(out)
 
 
-def training_metrics(trainer: Any, final_eval: dict[str, float], steps_planned: int) -> dict[str, Any]:
-    """What the manifest records about the run: curves, best checkpoint, early stop, final evaluation."""
+def training_metrics(
+    trainer: Any, history: list[dict[str, Any]], final_eval: dict[str, float], steps_planned: int
+) -> dict[str, Any]:
+    """What the manifest records: loss curves (``history`` = log_history before the final evaluation), best
+    checkpoint, whether early stopping fired, and the final evaluation of the kept model."""
     state = trainer.state
-    curves = loss_curves(state.log_history)
     best_step = None
     if state.best_model_checkpoint:
         best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
     return {
-        **curves,
+        **loss_curves(history),
         "steps": state.global_step,
         "steps_planned": steps_planned,
         "stopped_early": state.global_step < steps_planned,
         "epochs": round(float(state.epoch or 0), 3),
         "best_step": best_step,
         "best_val_loss": state.best_metric,
-        "eval": {k: round(float(v), 5) for k, v in final_eval.items() if isinstance(v, int | float)},
+        "eval": {
+            k: round(float(v), 5)
+            for k, v in final_eval.items()
+            if isinstance(v, int | float) and "runtime" not in k and "per_second" not in k
+        },
     }
 
 
@@ -102,9 +106,7 @@ def publish_adapter(ctx: Context, model: Any, data: PreparedData, metrics: dict[
         validate_adapter(target, ctx.base, limits)
     except AdapterInvalid as e:
         store.remove(cfg.name)
-        raise AdapterInvalid(
-            e.code, f"published adapter failed validation and was removed: {e.message}"
-        ) from e
+        raise AdapterInvalid(e.code, f"published adapter failed validation and was removed: {e.message}") from e
     log.info("adapter %s published to %s and validated", cfg.name, target)
     return target
 

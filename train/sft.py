@@ -23,6 +23,7 @@ def run_sft(cfg: TrainConfig, settings: Settings | None = None) -> Path:
 
     ctx = common.resolve(cfg, settings)
     check_name_free(ctx)
+    resume_from = common.prepare_output_dir(ctx)
     set_seed(cfg.seed)
 
     # --- tokenizer and data: checked, split, rendered through core's template, assistant-only labels
@@ -38,7 +39,6 @@ def run_sft(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     model = common.load_model(ctx.base.path, cfg.quantization)
 
     # --- trainer: eval on a schedule, early stopping, best checkpoint kept
-    resume_from = common.prepare_output_dir(ctx)
     # The rows are pre-tokenized with labels, so TRL adds no template, EOS or masking of its own.
     args = SFTConfig(**common.trainer_kwargs(ctx, len(train_ds), val_ds is not None), packing=False)
     trainer = SFTTrainer(
@@ -54,8 +54,9 @@ def run_sft(cfg: TrainConfig, settings: Settings | None = None) -> Path:
 
     # --- train (optionally resuming) and evaluate the kept model
     trainer.train(resume_from_checkpoint=resume_from)
+    history = list(trainer.state.log_history)
     final_eval = trainer.evaluate() if val_ds is not None else {}
 
     # --- publish
-    metrics = training_metrics(trainer, final_eval, common.total_steps(cfg, len(train_ds)))
+    metrics = training_metrics(trainer, history, final_eval, common.total_steps(cfg, len(train_ds)))
     return publish_adapter(ctx, trainer.model, data, metrics)

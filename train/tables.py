@@ -29,9 +29,7 @@ def data_summary(report: DataReport) -> Table:
             "tokens per row (min / median / max)",
             f"{min(lengths)} / {int(statistics.median(lengths))} / {max(lengths)}",
         )
-    status = (
-        "[green]ok[/green]" if report.ok else "[red]fails: fix the rows or train with --drop-invalid[/red]"
-    )
+    status = "[green]ok[/green]" if report.ok else "[red]fails: fix the rows or train with --drop-invalid[/red]"
     table.add_row("status", status)
     return table
 
