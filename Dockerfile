@@ -36,8 +36,8 @@ RUN scripts/install_deps.sh cpu python
 FROM base AS deps-gpu
 RUN scripts/install_deps.sh gpu python
 
-# ---- application (shared steps, parameterised by the deps stage) --------------------------------------
-FROM deps-cpu AS app-cpu
+# ---- application source (copied once, installed on top of each dependency stage) ----------------------
+FROM base AS src
 COPY pyproject.toml README.md ./
 COPY loradock/ loradock/
 COPY core/ core/
@@ -46,19 +46,15 @@ COPY train/ train/
 COPY ui/ ui/
 COPY adapters/ adapters/
 COPY data/ data/
+
+FROM deps-cpu AS app-cpu
+COPY --from=src /app /app
 RUN python -m pip install --no-deps --no-build-isolation -e . \
     && loradock model materialize --out models/SmolLM2-135M-Instruct \
     && mkdir -p var && chown -R loradock:loradock /app/adapters /app/var /app/models
 
 FROM deps-gpu AS app-gpu
-COPY pyproject.toml README.md ./
-COPY loradock/ loradock/
-COPY core/ core/
-COPY serve/ serve/
-COPY train/ train/
-COPY ui/ ui/
-COPY adapters/ adapters/
-COPY data/ data/
+COPY --from=src /app /app
 RUN python -m pip install --no-deps --no-build-isolation -e . \
     && loradock model materialize --out models/SmolLM2-135M-Instruct \
     && mkdir -p var && chown -R loradock:loradock /app/adapters /app/var /app/models

@@ -21,10 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+
+from loradock.core.health import NotHealthy, wait_healthy
 
 API, ADMIN = "crash-api", "crash-admin"
 
@@ -38,17 +39,11 @@ def free_port() -> int:
 def start(cmd: str, port: int, env: dict[str, str], log: Path, timeout: float = 600) -> subprocess.Popen:
     proc = subprocess.Popen([*shlex.split(cmd), "--port", str(port)], env=env, stdout=log.open("a"),
                             stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("server did not become healthy")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=timeout, interval=0.5)
+    except NotHealthy as e:
+        raise SystemExit(f"{e}: {log.read_text()[-2000:]}") from e
+    return proc
 
 
 def row(i: int) -> dict:

@@ -53,22 +53,6 @@ def serve_cmd(
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise typer.Exit(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise typer.Exit(f"server did not become healthy within {timeout:.0f} s")
-
-
 def demo_cmd(
     port: int = typer.Option(8000, help="Server port."),
     ui_port: int = typer.Option(7860, help="UI port."),
@@ -76,6 +60,8 @@ def demo_cmd(
 ) -> None:
     """Start the server (with the demo adapters and the demo RAG collection) and the UI together."""
     from rich.console import Console
+
+    from loradock.core.health import NotHealthy, wait_healthy
 
     console = Console()
     exe = [sys.executable, "-m", "loradock"]
@@ -88,7 +74,10 @@ def demo_cmd(
     procs = [server]
     try:
         with console.status("starting the vLLM engine (about 30 s on 2 cores) ..."):
-            _wait_healthy(url, server, 600)
+            try:
+                wait_healthy(url, server, 600)
+            except NotHealthy as e:
+                raise typer.Exit(str(e)) from e
         ui = subprocess.Popen([*exe, "ui", "--server", url, "--host", host, "--port", str(ui_port)], env=env)
         procs.append(ui)
         console.print(f"[bold green]server[/]  {url}/v1   (OpenAI-compatible; try GET {url}/v1/models)")

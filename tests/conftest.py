@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+
+from loradock.core.health import NotHealthy, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct"
@@ -28,20 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server at {url} not healthy after {timeout} s")
 
 
 @dataclass
@@ -114,8 +101,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, base_info) -> Server:
                  api_key="test-key", admin_key="admin-key", base=BASE_MODEL.name, log=log, proc=proc,
                  adapter_names=store.names(), env=env)
     try:
-        wait_healthy(url, proc)
-    except RuntimeError:
+        wait_healthy(url, proc, timeout=300)
+    except NotHealthy:
         proc.kill()
         print(log.read_text()[-5000:])
         raise
