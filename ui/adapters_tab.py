@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from loradock.core.manifest import MANIFEST_FILE, NAME_RE
+from loradock.core.store import AdapterStore
 from loradock.ui.client import ServerClient, split_models
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,24 @@ COLUMNS = ["id", "parent", "loaded", "pinned", "rank", "template", "created", "d
 LOSS_CURVE = "loss_curve.png"
 
 
-def models_frame(models: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per model card; the template column says whether an adapter matches the base's template."""
+def store_names(adapters_dir: Path | None) -> list[str]:
+    """Adapters in the store folder (empty when the UI cannot read it)."""
+    if adapters_dir is None:
+        return []
+    try:
+        return AdapterStore(adapters_dir).names()
+    except OSError as e:
+        log.info("cannot list %s: %s", adapters_dir, e)
+        return []
+
+
+def models_frame(models: list[dict[str, Any]], in_store: list[str] | None = None) -> pd.DataFrame:
+    """One row per model card, then store adapters the server does not serve (unloaded by an admin).
+
+    The template column says whether an adapter was trained on the base's chat template.
+    """
     base_sha = next((m.get("template_sha256") for m in models if not m.get("parent")), None)
+    served = {m["id"] for m in models}
     rows = []
     for m in models:
         sha = m.get("template_sha256") or ""
@@ -32,6 +48,8 @@ def models_frame(models: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append([m["id"], m.get("parent") or "(base)", "yes" if m.get("loaded") else "no",
                      "yes" if m.get("pinned") else "", m.get("rank") or "", template, created,
                      m.get("description") or ""])
+    rows += [[name, "(store)", "not served", "", "", "", "", "unloaded; Load serves it again"]
+             for name in in_store or [] if name not in served]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -69,7 +87,8 @@ def build_adapters_tab(client: ServerClient, models: gr.State, adapters_dir: Pat
                          label="Base and adapters")
     with gr.Row():
         with gr.Column(scale=1):
-            adapter = gr.Dropdown(label="Adapter", choices=[], elem_id="adapters-select")
+            adapter = gr.Dropdown(label="Adapter", choices=[], allow_custom_value=True,
+                                  elem_id="adapters-select")
             admin_key = gr.Textbox(label="Admin key (only needed to load/unload)", type="password",
                                    placeholder="LORADOCK_ADMIN_KEY" + (" (set by the UI)" if client.admin_key
                                                                        else ""))
@@ -98,9 +117,10 @@ def build_adapters_tab(client: ServerClient, models: gr.State, adapters_dir: Pat
         return message, listing
 
     def on_models(listing: list[dict[str, Any]], current: str | None) -> tuple[Any, Any]:
-        names = split_models(listing or [])[1]
-        return models_frame(listing or []), gr.Dropdown(choices=names, value=current if current in names
-                                                         else (names[0] if names else None))
+        in_store = store_names(adapters_dir)
+        names = sorted(set(split_models(listing or [])[1]) | set(in_store))
+        return models_frame(listing or [], in_store), gr.Dropdown(
+            choices=names, value=current if current in names else (names[0] if names else None))
 
     adapter.change(show, [adapter, models], [curve, manifest])
     load.click(lambda n, k: act("load", n, k), [adapter, admin_key], [status, models])

@@ -69,6 +69,8 @@ def test_models_table_flags_template_mismatch() -> None:
     assert rows[BASE]["parent"] == "(base)"
     assert rows["good"]["template"].endswith(" ok") and rows["drift"]["template"].endswith("MISMATCH")
     assert rows["drift"]["loaded"] == "no"
+    unloaded = models_frame([{"id": BASE, "parent": None}], in_store=["gone"]).to_dict("records")[1]
+    assert (unloaded["id"], unloaded["parent"], unloaded["loaded"]) == ("gone", "(store)", "not served")
 
 
 def _store_with_votes(tmp_path: Path) -> tuple[str, FeedbackStore]:
