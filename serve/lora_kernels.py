@@ -1,0 +1,406 @@
+"""Segment-grouped LoRA kernels for CPU: rows grouped by adapter slot, one matmul per group.
+
+vLLM's CPU ops (``vllm/lora/ops/torch_ops``) gather a per-row copy of the adapter weights
+(``weights[indices]``) and run an einsum, in every LoRA layer of every step. Here the rows of a step are
+grouped by slot once (:func:`plan_segments`); each layer then runs batched matmuls over the slots in use.
+
+Two entry points:
+
+- :func:`lora_linear`, the fast path for a whole LoRA linear layer (all its slices at once). It uses
+  weights packed once per adapter load (:func:`pack_lora`): zero slices and unused rank columns are dropped,
+  so a q_proj/v_proj adapter costs nothing in o_proj or the MLP, and a rank-8 adapter in a rank-16 engine
+  costs rank 8.
+- ``bgmv_*`` / ``sgmv_*`` with the signatures of vLLM's torch ops, for every other caller.
+
+Rows without an adapter (index -1) get no delta. vLLM's torch ops index ``weights[-1]`` for them, which
+applies the last slot's adapter to base-model rows in a mixed batch (vllm-project/vllm#48421).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_PACK_ATTR = "_loradock_packed"
+_PLAN_ATTR = "_loradock_plan"
+# Padding rows the batched path may compute per real row before the per-slot loop is cheaper.
+_MAX_PAD_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The rows of one step grouped by adapter slot, and how to lay them out for the kernels.
+
+    Kernels gather ``x[src_rows]`` into their own layout, compute, and bring results back with one gather,
+    ``out[out_index]``, masking rows that use no adapter. A gather is cheap and parallel on CPU; an
+    ``index_add_`` scatter was the slowest op of the whole engine step.
+    """
+
+    num_rows: int
+    segments: tuple[tuple[int, int, int], ...]  # (slot, start, end) in the kernel layout
+    batched: bool  # layout is (num_slots, max_len) padded per slot, for one bmm; else one matmul per segment
+    first_slot: int  # batched: slots first_slot .. first_slot + num_slots - 1
+    num_slots: int
+    max_len: int
+    src_rows: torch.Tensor | None  # row of x at each kernel position (None: all rows, in order)
+    out_index: torch.Tensor | None  # kernel position of each row (None: identity)
+    no_adapter: torch.Tensor | None  # (num_rows, 1) bool, rows without an adapter (None: there are none)
+
+
+def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int, int]]) -> SegmentPlan:
+    """``rows`` lists the rows that use an adapter ordered by slot; ``segments`` index into it."""
+    first = min((s for s, _, _ in segments), default=0)
+    num_slots = max((s for s, _, _ in segments), default=-1) + 1 - first
+    max_len = max((end - start for _, start, end in segments), default=0)
+    batched = len(segments) > 1 and num_slots * max_len <= _MAX_PAD_RATIO * rows.numel()
+    if batched:
+        src = torch.zeros(num_slots * max_len, dtype=torch.long)
+        layout = []
+        for slot, start, end in segments:
+            at = (slot - first) * max_len
+            src[at : at + end - start] = rows[start:end]
+            layout.append((slot, at, at + end - start))
+        segments = layout
+    else:
+        src = rows
+    where = torch.zeros(num_rows, dtype=torch.long)
+    for _, start, end in segments:
+        where[src[start:end]] = torch.arange(start, end)
+    identity = src.numel() == num_rows and bool(torch.equal(src, torch.arange(num_rows)))
+    no_adapter = torch.ones(num_rows, 1, dtype=torch.bool)
+    no_adapter[rows] = False
+    return SegmentPlan(
+        num_rows=num_rows,
+        segments=tuple(segments),
+        batched=batched,
+        first_slot=first,
+        num_slots=num_slots,
+        max_len=max_len,
+        src_rows=None if identity else src,
+        out_index=None if identity else where,
+        no_adapter=no_adapter if rows.numel() < num_rows else None,
+    )
+
+
+def plan_segments(indices: torch.Tensor) -> SegmentPlan:
+    """Group row numbers by the adapter slot in ``indices`` (one entry per row, -1 = no adapter)."""
+    idx = indices.reshape(-1).to("cpu")
+    order = torch.argsort(idx, stable=True)
+    slots, counts = torch.unique_consecutive(idx[order], return_counts=True)
+    segments, start, skipped = [], 0, 0
+    for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
+        if slot < 0:
+            skipped = count  # -1 sorts first
+        else:
+            segments.append((slot, start - skipped, start - skipped + count))
+        start += count
+    return _make_plan(idx.numel(), order[skipped:], segments)
+
+
+def plan_runs(seq_lens: torch.Tensor, slots: torch.Tensor) -> SegmentPlan:
+    """A plan from vLLM's sgmv metadata: consecutive runs of rows that share a slot (a slot may repeat)."""
+    ends = torch.cumsum(seq_lens, 0).tolist()
+    by_slot: dict[int, list[torch.Tensor]] = {}
+    for slot, start, end in zip(slots.tolist(), [0, *ends[:-1]], ends, strict=True):
+        if slot >= 0:
+            by_slot.setdefault(slot, []).append(torch.arange(start, end))
+    parts, segments, pos = [], [], 0
+    for slot in sorted(by_slot):
+        rows = torch.cat(by_slot[slot])
+        parts.append(rows)
+        segments.append((slot, pos, pos + rows.numel()))
+        pos += rows.numel()
+    rows = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+    return _make_plan(ends[-1] if ends else 0, rows, segments)
+
+
+def cached_plan(indices: torch.Tensor) -> SegmentPlan:
+    """:func:`plan_segments`, kept on the index tensor's storage owner until its contents change.
+
+    vLLM hands each layer a fresh view of one persistent index tensor, so this computes the plan once per
+    step and every layer reuses it.
+    """
+    owner = indices._base if indices._base is not None else indices
+    key = (indices._version, indices.numel(), indices.storage_offset())
+    cached = getattr(owner, _PLAN_ATTR, None)
+    if cached is None or cached[0] != key:
+        cached = (key, plan_segments(indices))
+        setattr(owner, _PLAN_ATTR, cached)
+    return cached[1]
+
+
+def _gather_in(x: torch.Tensor, plan: SegmentPlan, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in the plan's kernel layout: (num_slots, max_len, in) when batched, else (positions, in)."""
+    xs = x if plan.src_rows is None else x.index_select(0, plan.src_rows)
+    xs = xs.to(dtype)
+    return xs.view(plan.num_slots, plan.max_len, -1) if plan.batched else xs
+
+
+def _matmul(xs: torch.Tensor, w_t: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """``xs @ w_t[slot]`` per slot, in the kernel layout; ``w_t`` is (slots, in, out)."""
+    if plan.batched:
+        return torch.bmm(xs, w_t[plan.first_slot : plan.first_slot + plan.num_slots])
+    out = torch.empty(xs.shape[0], w_t.shape[-1], dtype=xs.dtype)
+    for slot, start, end in plan.segments:
+        torch.matmul(xs[start:end], w_t[slot], out=out[start:end])
+    return out
+
+
+def _gather_out(out: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """Kernel output back in row order, zero for rows without an adapter."""
+    out = out.reshape(-1, out.shape[-1])
+    if plan.out_index is not None:
+        out = out.index_select(0, plan.out_index)
+    if plan.no_adapter is not None:
+        out = out.masked_fill(plan.no_adapter, 0)
+    return out
+
+
+def _write(target: torch.Tensor, out: torch.Tensor | None, add: bool) -> None:
+    """Add ``out`` to ``target`` (or overwrite it; None means zeros)."""
+    if out is None:
+        if not add:
+            target.zero_()
+    elif add:
+        target += out.to(target.dtype)
+    else:
+        target.copy_(out)
+
+
+def _weights_t(w: torch.Tensor) -> torch.Tensor:
+    """vLLM's stacked (slots, 1, out, in) or (slots, out, in) weights as (slots, in, out) views."""
+    return (w.squeeze(1) if w.dim() == 4 else w).transpose(1, 2)
+
+
+def _shrink(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, plan: SegmentPlan, scale: float) -> None:
+    w_t = _weights_t(w)
+    rows_out = None
+    if plan.segments:
+        rows_out = _gather_out(_matmul(_gather_in(x, plan, out.dtype), w_t.to(out.dtype), plan), plan) * scale
+    _write(out[:, : w_t.shape[-1]], rows_out, add=False)
+
+
+def _expand(
+    x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, plan: SegmentPlan, offset: int, size: int, add: bool
+) -> None:
+    w_t = _weights_t(w)
+    size = min(size, w_t.shape[-1], out.shape[1] - offset)  # vLLM's ops also cut to the common width
+    rows_out = None
+    if plan.segments:
+        rows_out = _gather_out(_matmul(_gather_in(x, plan, out.dtype), w_t[..., :size].to(out.dtype), plan), plan)
+    _write(out[:, offset : offset + size], rows_out, add)
+
+
+def _vllm_ops() -> Any:
+    """vLLM's own torch ops, for shapes these kernels do not handle (one input row broadcast to many)."""
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    return lora_ops
+
+
+def bgmv_shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    scaling: float = 1.0,
+) -> None:
+    """``output[i, :r] = scaling * inputs[i] @ A[idx[i]].T``; rows with idx -1 get zeros."""
+    plan = cached_plan(lora_indices_tensor)
+    if not plan.num_rows == inputs.shape[0] == output_tensor.shape[0]:
+        return _vllm_ops().bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling)
+    _shrink(inputs, lora_a_weights, output_tensor, plan, scaling)
+
+
+def bgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    add_inputs: bool = True,
+) -> None:
+    """``output[i] (+)= inputs[i] @ B[idx[i]].T`` over the common width; rows with idx -1 add nothing."""
+    bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, 0, output_tensor.shape[1], add_inputs)
+
+
+def bgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
+    """Like :func:`bgmv_expand`, into ``output[:, slice_offset:slice_offset + slice_size]``."""
+    plan = cached_plan(lora_indices_tensor)
+    if not plan.num_rows == inputs.shape[0] == output_tensor.shape[0]:
+        return _vllm_ops().bgmv_expand_slice(
+            inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset, slice_size, add_inputs
+        )
+    _expand(inputs, lora_b_weights, output_tensor, plan, slice_offset, slice_size, add_inputs)
+
+
+def sgmv_shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    *args: Any,
+) -> None:
+    """Prefill shrink; ``args`` are vLLM's (batches, max_seq_length, token_nums, scaling)."""
+    plan = plan_runs(seq_len_tensor, lora_indices_tensor)
+    if not plan.num_rows == inputs.shape[0] == output_tensor.shape[0]:
+        return _vllm_ops().sgmv_shrink(
+            inputs, lora_a_weights, output_tensor, b_seq_start_loc, seq_len_tensor, lora_indices_tensor, *args
+        )
+    _shrink(inputs, lora_a_weights, output_tensor, plan, args[3])
+
+
+def sgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    add_inputs: bool = False,
+) -> None:
+    """Prefill expand over runs of rows that share an adapter."""
+    sgmv_expand_slice(
+        inputs,
+        lora_b_weights,
+        output_tensor,
+        b_seq_start_loc,
+        seq_len_tensor,
+        lora_indices_tensor,
+        batches,
+        max_seq_length,
+        token_nums,
+        0,
+        output_tensor.shape[1],
+        add_inputs,
+    )
+
+
+def sgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = False,
+) -> None:
+    """Prefill expand into ``output[:, slice_offset:slice_offset + slice_size]``."""
+    plan = plan_runs(seq_len_tensor, lora_indices_tensor)
+    if not plan.num_rows == inputs.shape[0] == output_tensor.shape[0]:
+        return _vllm_ops().sgmv_expand_slice(
+            inputs,
+            lora_b_weights,
+            output_tensor,
+            b_seq_start_loc,
+            seq_len_tensor,
+            lora_indices_tensor,
+            batches,
+            max_seq_length,
+            token_nums,
+            slice_offset,
+            slice_size,
+            add_inputs,
+        )
+    _expand(inputs, lora_b_weights, output_tensor, plan, slice_offset, slice_size, add_inputs)
+
+
+OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
+
+
+@dataclass(frozen=True)
+class PackedLoRA:
+    """All slices of one LoRA layer packed per slot: ``y[:, :width] += (x @ a_t[s]) @ b_t[s]``."""
+
+    key: tuple[int, ...]
+    a_t: torch.Tensor  # (slots, in, cols): the used rank columns of every slice side by side
+    b_t: torch.Tensor  # (slots, cols, width): one block of rows per slice, at the slice's output offset
+    live: tuple[bool, ...]  # slot holds a non-zero delta for this layer
+    width: int
+
+
+def _used_rank(a: torch.Tensor, b: torch.Tensor) -> int:
+    """1 + the highest rank column any slot uses in this slice (0 when every slot is zero here)."""
+    used = (a.ne(0).any(dim=-1) & b.ne(0).any(dim=-2)).any(dim=0)
+    nz = used.nonzero()
+    return int(nz.max()) + 1 if nz.numel() else 0
+
+
+def pack_lora(
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    output_slices: tuple[int, ...],
+) -> PackedLoRA:
+    """Pack vLLM's stacked (slots, 1, r, in) / (slots, 1, out, r) slices, cached until a slot is rewritten.
+
+    vLLM writes adapter weights in place, which bumps the tensors' version counters; the cache is kept on
+    ``lora_a[0]`` and keyed by those versions.
+    """
+    key = tuple(t._version for t in (*lora_a, *lora_b))
+    cached = getattr(lora_a[0], _PACK_ATTR, None)
+    if cached is not None and cached.key == key:
+        return cached
+    dtype = lora_a[0].dtype
+    a0 = lora_a[0].squeeze(1) if lora_a[0].dim() == 4 else lora_a[0]
+    slots, in_dim, width = a0.shape[0], a0.shape[-1], sum(output_slices)
+    a_parts, b_blocks, offset, cols = [], [], 0, 0
+    for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
+        a = a.squeeze(1) if a.dim() == 4 else a
+        b = (b.squeeze(1) if b.dim() == 4 else b)[:, :size]
+        rank = _used_rank(a, b)
+        if rank:
+            a_parts.append(a[:, :rank])
+            b_blocks.append((cols, offset, b[:, :, :rank]))
+            cols += rank
+        offset += size
+    a_t = torch.zeros(slots, in_dim, cols, dtype=dtype)
+    b_t = torch.zeros(slots, cols, width, dtype=dtype)
+    if a_parts:
+        a_t.copy_(torch.cat(a_parts, dim=1).transpose(1, 2))
+    for col, off, b in b_blocks:
+        b_t[:, col : col + b.shape[2], off : off + b.shape[1]] = b.transpose(1, 2)
+    live = tuple(bool(a_t[s].any() and b_t[s].any()) for s in range(slots))
+    packed = PackedLoRA(key, a_t, b_t, live, width)
+    setattr(lora_a[0], _PACK_ATTR, packed)
+    return packed
+
+
+def lora_linear(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+    plan: SegmentPlan,
+) -> None:
+    """``y[i, slice] += scale * x[i] @ A.T @ B.T`` for every slice, with the adapter of row i's slot.
+
+    ``y`` is (rows, sum(output_slices)) and ``x`` is (rows, in); both follow ``plan``'s rows.
+    """
+    packed = pack_lora(lora_a, lora_b, output_slices)
+    if not any(packed.live[slot] for slot, _, _ in plan.segments):
+        return
+    h = _matmul(_gather_in(x, plan, packed.a_t.dtype), packed.a_t, plan)
+    if scale != 1.0:
+        h.mul_(scale)
+    y[:, : packed.width] += _gather_out(_matmul(h, packed.b_t, plan), plan)

@@ -1,0 +1,185 @@
+"""The grouped LoRA kernels agree with vLLM's own CPU ops (no engine needed)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from vllm.lora.layers.utils import LoRAMapping
+from vllm.lora.ops.torch_ops import lora_ops as vllm_ops
+from vllm.lora.punica_wrapper import punica_cpu
+from vllm.lora.punica_wrapper.utils import compute_meta
+
+from loradock.serve import lora_kernels, lora_ops
+
+DTYPES = [torch.float32, torch.bfloat16]
+RANKS = [1, 5, 8, 16]
+
+
+def tol(dtype: torch.dtype) -> dict:
+    return {"rtol": 2e-2, "atol": 4e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+
+
+def mapping(rows: int, slots: int, gen: torch.Generator, with_base: bool) -> torch.Tensor:
+    """Random slot per row; with_base mixes in -1 rows. The last slot stays unused (see zero_last_slot)."""
+    low = -1 if with_base else 0
+    return torch.randint(low, slots - 1, (rows,), generator=gen)
+
+
+def weights(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    w = torch.randn(shape, generator=gen).to(dtype)
+    w[-1] = 0  # vLLM's ops read weights[-1] for -1 rows; a zero last slot makes that "no adapter"
+    return w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("with_base", [False, True])
+def test_bgmv_ops_match_vllm(dtype: torch.dtype, rank: int, with_base: bool) -> None:
+    gen = torch.Generator().manual_seed(rank * 7 + with_base)
+    slots, rows, d_in, d_out = 5, 37, 48, 40
+    idx = mapping(rows, slots, gen, with_base)
+    x = torch.randn(rows, d_in, generator=gen).to(dtype)
+    a = weights((slots, 1, rank, d_in), dtype, gen)
+    b = weights((slots, 1, d_out, rank), dtype, gen)
+
+    expected, got = torch.full((rows, rank), 9.0), torch.full((rows, rank), 9.0)
+    vllm_ops.bgmv_shrink(x, a, expected, idx, 0.5)
+    lora_kernels.bgmv_shrink(x, a, got, idx, 0.5)
+    torch.testing.assert_close(got, expected, **tol(dtype))
+
+    h = torch.randn(rows, rank, generator=gen).to(dtype)
+    for add in (True, False):
+        expected = torch.randn(rows, d_out + 30, generator=gen).to(dtype)
+        got = expected.clone()
+        vllm_ops.bgmv_expand_slice(h, b, expected, idx, 17, d_out, add)
+        lora_kernels.bgmv_expand_slice(h, b, got, idx, 17, d_out, add)
+        torch.testing.assert_close(got, expected, **tol(dtype))
+
+        expected = torch.randn(rows, d_out, generator=gen).to(dtype)
+        got = expected.clone()
+        vllm_ops.bgmv_expand(h, b, expected, idx, add)
+        lora_kernels.bgmv_expand(h, b, got, idx, add)
+        torch.testing.assert_close(got, expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", [3, 16])
+def test_sgmv_ops_match_vllm(dtype: torch.dtype, rank: int) -> None:
+    gen = torch.Generator().manual_seed(rank)
+    slots, d_in, d_out = 4, 32, 24
+    # Prefill-like runs: consecutive rows share a slot, a slot can come back later, -1 runs included.
+    idx = torch.tensor([0] * 5 + [2] * 3 + [-1] * 4 + [0] * 2 + [1] * 6 + [-1] * 1)
+    meta = compute_meta(idx)[:6]
+    x = torch.randn(idx.numel(), d_in, generator=gen).to(dtype)
+    a = weights((slots, 1, rank, d_in), dtype, gen)
+    b = weights((slots, 1, d_out, rank), dtype, gen)
+
+    expected, got = torch.zeros(idx.numel(), rank), torch.zeros(idx.numel(), rank)
+    vllm_ops.sgmv_shrink(x, a, expected, *meta, 2.0)
+    lora_kernels.sgmv_shrink(x, a, got, *meta, 2.0)
+    torch.testing.assert_close(got, expected, **tol(dtype))
+
+    h = expected.to(dtype)
+    expected = torch.randn(idx.numel(), d_out + 8, generator=gen).to(dtype)
+    got = expected.clone()
+    vllm_ops.sgmv_expand_slice(h, b, expected, *meta, 8, d_out, True)
+    lora_kernels.sgmv_expand_slice(h, b, got, *meta, 8, d_out, True)
+    torch.testing.assert_close(got, expected, **tol(dtype))
+
+    expected = torch.randn(idx.numel(), d_out, generator=gen).to(dtype)
+    got = expected.clone()
+    vllm_ops.sgmv_expand(h, b, expected, *meta, False)
+    lora_kernels.sgmv_expand(h, b, got, *meta, False)
+    torch.testing.assert_close(got, expected, **tol(dtype))
+
+
+def test_rows_without_adapter_get_no_delta() -> None:
+    """vLLM's torch ops apply the last slot to -1 rows (vllm#48421); the grouped ops leave them alone."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 1, 4, 8, generator=gen)
+    idx = torch.tensor([0, -1, 1])
+    x = torch.randn(3, 8, generator=gen)
+    stock, grouped = torch.zeros(3, 4), torch.zeros(3, 4)
+    vllm_ops.bgmv_shrink(x, a, stock, idx)
+    lora_kernels.bgmv_shrink(x, a, grouped, idx)
+    torch.testing.assert_close(stock[1], x[1] @ a[1, 0].T)
+    assert torch.count_nonzero(grouped[1]) == 0
+    torch.testing.assert_close(grouped[[0, 2]], stock[[0, 2]])
+
+
+def make_wrappers() -> tuple[punica_cpu.PunicaWrapperCPU, punica_cpu.PunicaWrapperCPU]:
+    """vLLM's wrapper and a patched subclass (the real class stays untouched in this process)."""
+
+    class Patched(punica_cpu.PunicaWrapperCPU):
+        pass
+
+    lora_ops.patch_punica_wrapper(Patched, types.SimpleNamespace())
+    return punica_cpu.PunicaWrapperCPU(256, 256, "cpu"), Patched(256, 256, "cpu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,with_base", [(1, False), (9, True), (40, False), (64, True)])
+def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_base: bool) -> None:
+    """A qkv-like layer (three slices), max rank 16, adapters of rank 8 on q and v only, like PEFT's."""
+    gen = torch.Generator().manual_seed(rows)
+    slots, d_in, slices = 6, 64, (64, 16, 16)
+    a = tuple(weights((slots, 1, 16, d_in), dtype, gen) for _ in slices)
+    b = tuple(weights((slots, 1, size, 16), dtype, gen) for size in slices)
+    for t in (a[1], b[1], a[0][..., 8:, :], b[0][..., 8:], a[2][..., 8:, :], b[2][..., 8:]):
+        t.zero_()
+    ids = [int(i) + 1 if i >= 0 else 0 for i in mapping(rows, slots, gen, with_base)]
+    stock, patched = make_wrappers()
+    for w in (stock, patched):
+        w.update_metadata(LoRAMapping(ids, ids, is_prefill=True), list(range(1, slots + 1)), slots + 1, 100)
+    x = torch.randn(rows, d_in, generator=gen).to(dtype)
+    y0 = torch.randn(rows, sum(slices), generator=gen).to(dtype)
+    expected, got = y0.clone(), y0.clone()
+    stock.add_lora_linear(expected, x, a, b, 1.0, slices)
+    patched.add_lora_linear(got, x, a, b, 1.0, slices)
+    torch.testing.assert_close(got, expected, **tol(dtype))
+
+    # vLLM rewrites a slot in place when it loads another adapter there: the packed cache must notice.
+    a[0][0].normal_(generator=gen)
+    expected, got = y0.clone(), y0.clone()
+    stock.add_lora_linear(expected, x, a, b, 1.0, slices)
+    patched.add_lora_linear(got, x, a, b, 1.0, slices)
+    torch.testing.assert_close(got, expected, **tol(dtype))
+
+
+def test_plan_groups_rows_by_slot() -> None:
+    plan = lora_kernels.plan_segments(torch.tensor([2, -1, 0, 2, 0, 0]))
+    slots = sorted(slot for slot, _, _ in plan.segments)
+    assert slots == [0, 2]
+    assert plan.num_rows == 6
+    assert plan.no_adapter is not None and plan.no_adapter.flatten().tolist() == [0, 1, 0, 0, 0, 0]
+
+
+def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cls = punica_cpu.PunicaWrapperCPU
+    for name in ("update_metadata", "add_lora_linear"):
+        monkeypatch.setattr(cls, name, getattr(cls, name))
+    for name in lora_kernels.OPS:
+        monkeypatch.setattr(punica_cpu, name, getattr(punica_cpu, name))
+    monkeypatch.delattr(cls, "_loradock_patched", raising=False)
+
+    monkeypatch.setenv(lora_ops.ENV_VAR, "vllm")
+    lora_ops.register()
+    assert punica_cpu.bgmv_shrink is vllm_ops.bgmv_shrink
+
+    monkeypatch.setenv(lora_ops.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="LORADOCK_LORA_OPS"):
+        lora_ops.register()
+
+    monkeypatch.delenv(lora_ops.ENV_VAR)
+    lora_ops.register()
+    assert punica_cpu.bgmv_shrink is lora_kernels.bgmv_shrink
+    wrapper = cls(64, 8, "cpu")
+    monkeypatch.delattr(cls, "_loradock_logged", raising=False)
+    with caplog.at_level("INFO", logger="vllm.loradock_lora_ops"):
+        wrapper.update_metadata(LoRAMapping([1, 0], [1, 0], is_prefill=True), [1, None], 3, 100)
+        wrapper.update_metadata(LoRAMapping([0, 1], [0, 1], is_prefill=True), [1, None], 3, 100)
+    assert sum("grouped LoRA ops active" in r.message for r in caplog.records) == 1
+    monkeypatch.delattr(cls, "_loradock_patched")
+    monkeypatch.delattr(cls, "_loradock_logged")
