@@ -106,23 +106,24 @@ def build_adapters_tab(client: ServerClient, models: gr.State, adapters_dir: Pat
         card = next((m for m in listing or [] if m["id"] == name), {})
         return loss_curve(adapters_dir, name), read_manifest(adapters_dir, name) or {"served_as": card}
 
-    def act(action: str, name: str | None, key: str) -> tuple[str, Any]:
-        if not name:
-            return "Choose an adapter first.", gr.update()
-        try:
-            message = client.admin(action, name, (key or "").strip() or None)
-            listing = client.models()
-        except (RuntimeError, OSError) as e:
-            return f"**{action} failed:** {e}", gr.update()
-        return message, listing
-
     def on_models(listing: list[dict[str, Any]], current: str | None) -> tuple[Any, Any]:
         in_store = store_names(adapters_dir)
         names = sorted(set(split_models(listing or [])[1]) | set(in_store))
         return models_frame(listing or [], in_store), gr.Dropdown(
             choices=names, value=current if current in names else (names[0] if names else None))
 
+    def act(action: str, name: str | None, key: str | None) -> tuple[Any, ...]:
+        if not name:
+            return "Choose an adapter first.", gr.update(), gr.update(), gr.update()
+        try:
+            message = client.admin(action, name, (key or "").strip() or None)
+            listing = client.models()
+        except (RuntimeError, OSError) as e:
+            return f"**{action} failed:** {e}", gr.update(), gr.update(), gr.update()
+        return (message, listing, *on_models(listing, name))
+
+    outputs = [status, models, table, adapter]
     adapter.change(show, [adapter, models], [curve, manifest])
-    load.click(lambda n, k: act("load", n, k), [adapter, admin_key], [status, models])
-    unload.click(lambda n, k: act("unload", n, k), [adapter, admin_key], [status, models])
+    load.click(lambda n, k: act("load", n, k), [adapter, admin_key], outputs)
+    unload.click(lambda n, k: act("unload", n, k), [adapter, admin_key], outputs)
     models.change(on_models, [models, adapter], [table, adapter])

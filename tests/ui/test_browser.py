@@ -72,11 +72,17 @@ def page(ui_url: str) -> Iterator[object]:
         browser.close()
 
 
-def _wait_text(page, selector: str, pattern: str) -> str:
+def _wait_text(page, selector: str, pattern: str, timeout_ms: float = 90_000) -> str:
     """Wait until the element's text matches ``pattern``; return the text."""
-    page.wait_for_function(
-        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel)?.innerText ?? '')",
-        arg=[selector, pattern])
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel)?.innerText ?? '')",
+            arg=[selector, pattern], timeout=timeout_ms)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{selector} never matched {pattern!r}; it shows:\n"
+                             f"{page.locator(selector).inner_text()}") from None
     return page.locator(selector).inner_text()
 
 
@@ -125,7 +131,9 @@ def test_compare_vote_and_see_the_pair_in_data(page, server) -> None:
     page.get_by_role("tab", name="Data").click()
     table = _wait_text(page, "#data-table", record_id)
     assert "adapter: syn-a" in table and "prompting" in table
-    assert re.search(r"\d+ exportable pairs", page.locator("#data-summary").inner_text())
+    assert re.search(r"[1-9]\d* exportable pairs", page.locator("#data-summary").inner_text())
+    page.locator("#data-export").click()
+    assert re.search(r"Exported [1-9]\d* pairs", _wait_text(page, "#data-status", "Exported"))
     page.screenshot(path=str(SHOTS / "ui-data.png"), full_page=True)
 
     with FeedbackStore(server.db_url) as store:
@@ -137,16 +145,16 @@ def test_compare_vote_and_see_the_pair_in_data(page, server) -> None:
 
 def test_adapters_tab_shows_the_store_and_admins_unload_and_load(page, server) -> None:
     page.get_by_role("tab", name="Adapters").click()
-    table = _wait_text(page, "#adapters-table", "syn-a")
+    # Opening the tab refreshes /v1/models: syn-a answered in Compare, so it is resident now.
+    table = _wait_text(page, "#adapters-table", r"syn-a\s+SmolLM2-135M-Instruct\s+yes")
     assert "(base)" in table and "syn-b" in table
-    assert re.search(r"syn-a\s+SmolLM2-135M-Instruct\s+yes", table), "syn-a served the compare: resident"
     page.screenshot(path=str(SHOTS / "ui-adapters.png"), full_page=True)
 
     # syn-a is selected; the UI was started with the admin key.
     page.locator("#adapters-unload").click()
     assert "removed" in _wait_text(page, "#adapters-status", r"removed|failed")
     # An unloaded adapter is no longer served; the table still lists it from the store folder.
-    _wait_text(page, "#adapters-table", r"syn-a\s+\(store\)\s+not served")
+    _wait_text(page, "#adapters-table", r"syn-a\s+\(store\)\s+not served", timeout_ms=20_000)
     page.locator("#adapters-load").click()
     assert "added" in _wait_text(page, "#adapters-status", r"added|failed")
     _wait_text(page, "#adapters-table", r"syn-a\s+SmolLM2-135M-Instruct\s+yes")
