@@ -150,11 +150,13 @@ def test_adapters_tab_shows_the_store_and_admins_unload_and_load(page, server) -
     assert "(base)" in table and "syn-b" in table
     page.screenshot(path=str(SHOTS / "ui-adapters.png"), full_page=True)
 
-    # syn-a is selected; the UI was started with the admin key.
+    # The UI was started with the admin key.
+    page.locator("#adapters-select input").click()
+    page.get_by_role("option", name="syn-a", exact=True).click()
     page.locator("#adapters-unload").click()
-    assert "removed" in _wait_text(page, "#adapters-status", r"removed|failed")
+    assert "'syn-a' removed" in _wait_text(page, "#adapters-status", r"removed|failed")
     # An unloaded adapter is no longer served; the table still lists it from the store folder.
     _wait_text(page, "#adapters-table", r"syn-a\s+\(store\)\s+not served", timeout_ms=20_000)
     page.locator("#adapters-load").click()
-    assert "added" in _wait_text(page, "#adapters-status", r"added|failed")
+    assert "'syn-a' added" in _wait_text(page, "#adapters-status", r"added|failed")
     _wait_text(page, "#adapters-table", r"syn-a\s+SmolLM2-135M-Instruct\s+yes")
