@@ -8,6 +8,7 @@ through ``asyncio.to_thread``) sees either the old index or the new one, never h
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from loradock.core.manifest import NAME_RE
 from loradock.serve.errors import BadRequest, NotFound
 from loradock.serve.schemas import Passage
@@ -204,14 +206,33 @@ class RagStore:
             raise BadRequest(f"{src}: the files hold no text to index")
         return chunks
 
-    def index(self, src: Path, collection: str,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    def sources_digest(self, src: Path) -> str:
+        """SHA-256 over the documents (paths and bytes) and the chunking and model settings."""
+        src = Path(src)
+        digest = hashlib.sha256(f"{EMBEDDING_MODEL}|{self.max_tokens}|{self.overlap}".encode())
+        for doc in find_documents(src):
+            digest.update(str(doc.relative_to(src) if src.is_dir() else doc.name).encode() + b"\0")
+            digest.update(hashlib.sha256(doc.read_bytes()).digest())
+        return digest.hexdigest()
+
+    def index(self, src: Path, collection: str, progress: Callable[[int, int], None] | None = None,
+              force: bool = False) -> dict[str, Any]:
         """Build (or replace) ``collection`` from the documents under ``src``; return statistics.
 
-        ``progress(done, total)`` is called after each embedding batch.
+        An index built from the same documents and settings is kept (``"unchanged": True``) unless
+        ``force``. ``progress(done, total)`` is called after each embedding batch.
         """
         target = self.path(collection)
         started = time.perf_counter()
+        digest = self.sources_digest(src)
+        if not force and target.is_file():
+            try:
+                meta = self.info(collection)
+            except (OSError, ValueError, KeyError):
+                meta = {}  # unreadable: rebuild it
+            if meta.get("sources_sha256") == digest:
+                log.info("collection %r is up to date with %s", collection, src)
+                return {**meta, "path": str(target), "seconds": 0.0, "unchanged": True}
         chunks = self.chunk_documents(src)
         parts = []
         for i in range(0, len(chunks), EMBED_BATCH):
@@ -221,10 +242,15 @@ class RagStore:
         vectors = np.concatenate(parts)
         meta = {"collection": collection, "model": EMBEDDING_MODEL, "dim": int(vectors.shape[1]),
                 "chunks": len(chunks), "files": len({c.source for c in chunks}), "source_dir": str(Path(src)),
-                "max_tokens": self.max_tokens, "overlap": self.overlap, "created": int(time.time())}
+                "sources_sha256": digest, "max_tokens": self.max_tokens, "overlap": self.overlap,
+                "created": int(time.time())}
         _write_index(target, vectors, chunks, meta)
         log.info("indexed %d chunks from %d files into collection %r", len(chunks), meta["files"], collection)
-        return {**meta, "path": str(target), "seconds": round(time.perf_counter() - started, 2)}
+        return {**meta, "path": str(target), "seconds": round(time.perf_counter() - started, 2), "unchanged": False}
+
+    def warm(self) -> None:
+        """Load the embedding model now, so the first retrieval does not pay for it."""
+        self._embedder()
 
     def info(self, collection: str) -> dict[str, Any]:
         """Metadata of an indexed collection."""

@@ -29,22 +29,31 @@ def _fail(message: str) -> None:
 def index_cmd(
     src: Path = typer.Argument(..., help="Folder (or file) of .txt, .md and .pdf documents."),
     collection: str = typer.Option(..., "--collection", "-c", help="Collection name, e.g. faq."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the documents did not change."),
     rag_dir: Path | None = RagDirOpt,
     config: Path | None = ConfigOpt,
 ) -> None:
-    """Chunk, embed (all-MiniLM-L6-v2, offline) and store documents as a collection; replaces an old one."""
-    from loradock.serve.errors import APIError
+    """Chunk, embed (all-MiniLM-L6-v2, offline) and store documents as a collection; replaces an old one.
+
+    A collection already built from the same documents and settings is kept as it is (use --force).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from loradock.serve.errors import APIError
 
     store = _store(config, rag_dir)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
         task = progress.add_task(f"embedding {src}", total=None)
         try:
-            stats = store.index(src, collection, progress=lambda done, total: progress.update(
+            stats = store.index(src, collection, force=force, progress=lambda done, total: progress.update(
                 task, completed=done, total=total))
         except APIError as e:
             _fail(e.message)
+    if stats["unchanged"]:
+        typer.echo(f"collection {collection!r} is up to date ({stats['chunks']} chunks from {stats['files']} "
+                   f"files) -> {stats['path']}")
+        return
     typer.echo(f"collection {collection!r}: {stats['chunks']} chunks from {stats['files']} files "
                f"in {stats['seconds']} s -> {stats['path']}")
 

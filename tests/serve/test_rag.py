@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from loradock.serve.errors import BadRequest, NotFound
 from loradock.serve.rag import INDEX_FILE, RagStore, chunk_text
 
@@ -106,6 +107,18 @@ def test_reindex_replaces_the_collection(store: RagStore, tmp_path: Path) -> Non
     store.index(tmp_path, "replace-me")
     assert "4.1 kg" in store.retrieve("replace-me", "weight", 1)[0].text  # the cache sees the new file
     assert [p.name for p in (store.root / "replace-me").iterdir()] == [INDEX_FILE]  # no temp files left
+
+
+def test_unchanged_documents_keep_the_index_unless_forced(store: RagStore, tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("The Zephyr-9 has 2.4 GHz Wi-Fi only.")
+    assert store.index(tmp_path, "stable")["unchanged"] is False
+    index_file = store.root / "stable" / INDEX_FILE
+    before = index_file.stat().st_mtime_ns
+    again = store.index(tmp_path, "stable")
+    assert again["unchanged"] is True and again["chunks"] == 1
+    assert index_file.stat().st_mtime_ns == before
+    assert store.index(tmp_path, "stable", force=True)["unchanged"] is False
+    assert index_file.stat().st_mtime_ns != before
 
 
 def test_unknown_collection_is_404_listing_the_existing_ones(store: RagStore, docs: Path) -> None:
