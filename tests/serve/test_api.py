@@ -99,6 +99,8 @@ def test_bad_adapter_refused_while_others_keep_flowing(client, server, publish_c
     import json
     import threading
 
+    from loradock.core.store import AdapterStore
+
     path = publish_copy("syn-a", "broken")
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["template_sha256"] = "0" * 64
@@ -117,6 +119,7 @@ def test_bad_adapter_refused_while_others_keep_flowing(client, server, publish_c
     worker.join()
     assert len(results) == 3 and all("Paris" in t for t in results)
     assert "broken" not in {m.id for m in client.models.list().data}
+    AdapterStore(server.adapters_dir).remove("broken")
 
 
 def test_auth(server):
