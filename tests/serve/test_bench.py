@@ -1,0 +1,162 @@
+"""`loradock bench`: statistics, ratios, the PEFT baseline's decoding, and a tiny run against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from loradock.serve import bench_report
+from loradock.serve.bench import BenchConfig, run_bench
+from loradock.serve.bench_load import RequestResult, choose_models, percentile, summarize
+from tests.conftest import BASE_MODEL
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([], 50) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(range(101)), 99) == pytest.approx(99.0)
+
+
+def test_summarize_counts_tokens_and_latencies() -> None:
+    results = [
+        RequestResult("a", True, start=0.0, end=2.0, ttft=0.5, itl=[0.1, 0.3], tokens=3),
+        RequestResult("b", True, start=1.0, end=4.0, ttft=1.5, itl=[0.2], tokens=2),
+        RequestResult("c", False, start=1.0, end=1.5, error="HTTP 429: busy"),
+    ]
+    stats = summarize(results, peak_rss_mib=123.0)
+    assert (stats.requests, stats.errors, stats.output_tokens) == (3, 1, 5)
+    assert stats.duration_s == 4.0
+    assert stats.tokens_per_s == 1.2
+    assert stats.ttft_p50_ms == 1000.0
+    assert stats.itl_p50_ms == 200.0
+    assert stats.first_error == "HTTP 429: busy"
+    assert stats.as_dict()["peak_rss_mib"] == 123.0
+
+
+def test_choose_models_uniform_and_zipf() -> None:
+    names = [f"a{i}" for i in range(8)]
+    assert choose_models(names, 10, "uniform") == names + names[:2]
+    zipf = choose_models(names, 2000, "zipf", seed=1)
+    assert zipf == choose_models(names, 2000, "zipf", seed=1)
+    counts = [zipf.count(n) for n in names]
+    assert counts[0] > 2 * counts[3] > 0  # rank 1 gets about 4x the traffic of rank 4
+    with pytest.raises(ValueError, match="--popularity"):
+        choose_models(names, 3, "pareto")
+
+
+def test_ratios_and_verdicts() -> None:
+    scenarios = {
+        "base": {"tokens_per_s": 200.0},
+        "mixed": {"tokens_per_s": 190.0},
+        "naive_peft": {"tokens_per_s": 10.0},
+        "peft_batched": {"tokens_per_s": 150.0},
+        "vllm_server": {"error": "did not start"},
+        "adapters_1": {"tokens_per_s": 100.0},
+        "adapters_64": {"tokens_per_s": 50.0},
+        "cold_adapter": {"ttft_p50_ms": 120.0},
+    }
+    r = bench_report.ratios(scenarios)
+    assert r["mixed_over_base"] == 0.95 and r["over_naive_peft"] == 19.0
+    assert r["over_vllm_server"] is None
+    v = bench_report.verdicts(r)
+    assert v["mixed_over_base"] == "met" and v["over_peft_batched"] == "not met"
+    assert v["adapters64_over_adapters1"] == "not met" and v["over_vllm_server"] == "not measured"
+    assert v["cold_adapter_ttft_ms"] == "met"
+
+
+def test_config_errors_name_the_flag(tmp_path: Path) -> None:
+    kwargs = dict(
+        server="http://x",
+        api_key=None,
+        server_pid=None,
+        concurrency=4,
+        requests=4,
+        max_tokens=4,
+        adapters=1,
+        popularity="uniform",
+        adapters_dir=tmp_path,
+        make_adapters=False,
+        scenarios=["base"],
+        rounds=1,
+        naive_requests=1,
+        cold_samples=1,
+        rotation=64,
+        json_path=tmp_path / "b.json",
+        chart_path=tmp_path / "b.png",
+    )
+    with pytest.raises(ValueError, match="--requests must be positive"):
+        BenchConfig(**{**kwargs, "requests": 0})
+    with pytest.raises(ValueError, match="--scenarios: unknown fast"):
+        BenchConfig(**{**kwargs, "scenarios": ["base", "fast"]})
+
+
+def test_peft_baseline_batched_decoding_matches_one_at_a_time(tmp_path: Path, base_info) -> None:
+    """The batched PEFT baseline (left padding) produces the same greedy tokens as one request at a time."""
+    from loradock.core.store import AdapterStore
+    from loradock.core.synthetic import make_synthetic_adapters
+    from loradock.serve.bench_peft_server import DONE, Decoder, Job
+
+    store = AdapterStore(tmp_path / "store")
+    make_synthetic_adapters(store, base_info, ["peft-a"])
+    decoder = Decoder(str(BASE_MODEL), {"peft-a": str(store.path("peft-a"))}, torch.float32, None)
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]]
+
+    def tokens(adapter: str | None, batch: list[list[int]]) -> list[list[str]]:
+        loop = asyncio.new_event_loop()
+        jobs = [Job(adapter or "base", ids, 5, True, loop) for ids in batch]
+        decoder.run(adapter, jobs)
+        loop.run_until_complete(asyncio.sleep(0))  # deliver the call_soon_threadsafe puts
+        out = []
+        for job in jobs:
+            items = []
+            while (item := job.queue.get_nowait()) is not DONE:
+                items.append(item)
+            out.append(items)
+        loop.close()
+        return out
+
+    for adapter in (None, "peft-a"):
+        together = tokens(adapter, prompts)
+        assert all(len(t) == 5 for t in together)
+        assert together == [tokens(adapter, [p])[0] for p in prompts]
+    assert tokens(None, prompts) != tokens("peft-a", prompts)
+
+
+@pytest.mark.engine
+def test_bench_runs_against_the_server(server, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cfg = BenchConfig(
+        server=server.url,
+        api_key=server.api_key,
+        server_pid=None,
+        concurrency=4,
+        requests=4,
+        max_tokens=4,
+        adapters=2,
+        popularity="uniform",
+        adapters_dir=server.adapters_dir,
+        make_adapters=False,
+        scenarios=["base", "mixed"],
+        rounds=1,
+        naive_requests=1,
+        cold_samples=1,
+        rotation=64,
+        json_path=out,
+        chart_path=tmp_path / "bench.png",
+    )
+    result = run_bench(cfg)
+    assert json.loads(out.read_text()) == result
+    for name in ("base", "mixed"):
+        stats = result["scenarios"][name]
+        assert stats["errors"] == 0, stats["first_error"]
+        assert stats["output_tokens"] == 16 and stats["tokens_per_s"] > 0
+        assert stats["ttft_p50_ms"] > 0 and stats["itl_p50_ms"] > 0
+    assert result["scenarios"]["base"]["peak_rss_mib"] > 100  # the server and its engine processes
+    assert result["mixed_over_base"] > 0
+    assert set(result["targets"]) == set(bench_report.TARGETS)
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
