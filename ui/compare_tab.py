@@ -159,18 +159,23 @@ def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.
             yield _paint(sides, slots, results, visible, titles, text, final=False)
         yield _paint(sides, slots, results, visible, titles, text, final=True)
 
-    def on_vote(verdict: str, a: str | None, b: str | None, who: str, state: dict[str, Any]) -> str:
+    def on_vote(verdict: str, a: str | None, b: str | None, who: str | None,
+                state: dict[str, Any]) -> tuple[str, Any]:
         sides = state.get("sides", {})
         if not sides:
-            return "Run a prompt first, then vote."
+            return "Run a prompt first, then vote.", gr.update()
         if a not in sides or b not in sides or a == b:
-            return "Pick two different columns as Side A and Side B."
+            return "Pick two different columns as Side A and Side B.", gr.update()
+        pair = sorted([a, b])
+        if pair in state.get("voted", []):  # a double click must not count twice
+            return f"Already voted on {a} vs {b} for this run; run again or pick another pair.", gr.update()
         try:
             record = feedback.add(preference(verdict, sides[a], sides[b], state["prompt"], who))
         except ValidationError as e:
-            return f"Not stored: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
+            return f"Not stored: {e.errors()[0]['msg'].removeprefix('Value error, ')}", gr.update()
+        state = {**state, "voted": [*state.get("voted", []), pair]}
         return (f"Stored `{record.id}`: **{VERDICTS[verdict]}** (A = {a}, B = {b}). "
-                f"{feedback.count()} records in the database.")
+                f"{feedback.count()} records in the database."), state
 
     outputs = [*columns, *headers, *answers, *stats, passages, last_run, side_a, side_b, vote_status]
     inputs = [prompt, system, adapters, collection, top_k, temperature, max_tokens, models]
@@ -178,7 +183,7 @@ def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.
     prompt.submit(on_run, inputs, outputs)
     for verdict, button in buttons.items():
         button.click(lambda a, b, who, state, v=verdict: on_vote(v, a, b, who, state),
-                     [side_a, side_b, annotator, last_run], vote_status)
+                     [side_a, side_b, annotator, last_run], [vote_status, last_run])
     def on_models(listing: list[dict[str, Any]], current: list[str] | None) -> Any:
         names = split_models(listing or [])[1]
         return gr.Dropdown(choices=names, value=[c for c in current or [] if c in names])

@@ -6,12 +6,14 @@ tab and in the database, and saves a screenshot of every tab into docs/img/ (use
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -56,10 +58,11 @@ def ui_url(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(ui_url: str) -> Iterator[object]:
+def page(request: pytest.FixtureRequest) -> Iterator[object]:
     chromium = shutil.which("chromium")
-    if chromium is None:
+    if chromium is None:  # checked before the server and the UI are started
         pytest.skip("Debian's chromium is not installed: run `make browser` (apt-get install chromium)")
+    ui_url = request.getfixturevalue("ui_url")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -134,6 +137,12 @@ def test_compare_vote_and_see_the_pair_in_data(page, server) -> None:
     assert re.search(r"[1-9]\d* exportable pairs", page.locator("#data-summary").inner_text())
     page.locator("#data-export").click()
     assert re.search(r"Exported [1-9]\d* pairs", _wait_text(page, "#data-status", "Exported"))
+    with page.expect_download() as download:
+        page.get_by_test_id("download-link").first.click()
+    rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert set(rows[-1]) == {"prompt", "chosen", "rejected"}
+    assert rows[-1]["prompt"] == [{"role": "user", "content": QUESTION}]
+    assert rows[-1]["chosen"][0]["role"] == "assistant"
     page.screenshot(path=str(SHOTS / "ui-data.png"), full_page=True)
 
     with FeedbackStore(server.db_url) as store:
@@ -141,6 +150,21 @@ def test_compare_vote_and_see_the_pair_in_data(page, server) -> None:
     assert record.verdict == "b" and record.chosen_model == "syn-a" and record.chosen_approach == "adapter"
     assert record.rejected_approach == "prompting"
     assert record.prompt == [{"role": "user", "content": QUESTION}]
+
+    # Voting on the same pair again is refused (no double counting).
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#vote-a").click()
+    _wait_text(page, "#vote-status", "Already voted")
+
+    # Select the row in Data and delete the record.
+    page.get_by_role("tab", name="Data").click()
+    page.locator("#data-table span", has_text=record_id).first.click()
+    page.wait_for_function("id => document.querySelector('#data-record-id textarea, #data-record-id input')"
+                           "?.value === id", arg=record_id)
+    page.get_by_role("button", name="Delete record").click()
+    assert record_id in _wait_text(page, "#data-status", "Deleted")
+    with FeedbackStore(server.db_url) as store:
+        assert store.get(record_id) is None
 
 
 def test_adapters_tab_shows_the_store_and_admins_unload_and_load(page, server) -> None:
