@@ -17,7 +17,7 @@ from loradock.core.health import NotHealthy, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct"
-ENGINE_LOCK = "/tmp/loradock-engine.lock"
+ENGINE_LOCK = os.environ.get("LORADOCK_ENGINE_LOCK", "/tmp/loradock-engine.lock")  # one engine at a time
 SYNTHETIC = ["syn-a", "syn-b"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
