@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+
 from loradock.core.feedback import FeedbackStore
 from loradock.core.settings import load_settings
 from loradock.serve.app import create_app
