@@ -47,7 +47,6 @@ browser: ## install Debian's Chromium for the browser tests (needs root)
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check core serve train ui loradock scripts tests
 
 test: setup browser ## ruff + the whole test suite (starts one real vLLM server for the session)
 	$(VENV)/bin/ruff check .

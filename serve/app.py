@@ -71,6 +71,10 @@ async def _start(app: FastAPI) -> None:
     for name in settings.pinned_adapters:
         await state.registry.load(name, None, pin=True, force=False)
     state.watcher = asyncio.create_task(state.registry.watch(settings.store_poll_seconds))
+    retriever = state.generation.retriever
+    if retriever is not None and hasattr(retriever, "warm"):
+        # Load the embedding model in the background so the first RAG request does not pay for it.
+        state.warmer = asyncio.create_task(asyncio.to_thread(retriever.warm))
     state.ready = True
     log.info("loradock ready: base %s, %d adapters in %s", settings.served_base_name,
              len(state.registry.names()), settings.adapters_dir)
