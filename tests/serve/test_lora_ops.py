@@ -28,7 +28,8 @@ def mapping(rows: int, slots: int, gen: torch.Generator, with_base: bool) -> tor
 
 
 def weights(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    w = torch.randn(shape, generator=gen).to(dtype)
+    """Random stacked LoRA weights scaled like real ones (outputs of order 1)."""
+    w = (torch.randn(shape, generator=gen) / shape[-1] ** 0.5).to(dtype)
     w[-1] = 0  # vLLM's ops read weights[-1] for -1 rows; a zero last slot makes that "no adapter"
     return w
 
@@ -116,11 +117,11 @@ def make_wrappers() -> tuple[punica_cpu.PunicaWrapperCPU, punica_cpu.PunicaWrapp
         pass
 
     lora_ops.patch_punica_wrapper(Patched, types.SimpleNamespace())
-    return punica_cpu.PunicaWrapperCPU(256, 256, "cpu"), Patched(256, 256, "cpu")
+    return punica_cpu.PunicaWrapperCPU(512, 512, "cpu"), Patched(512, 512, "cpu")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,with_base", [(1, False), (9, True), (40, False), (64, True)])
+@pytest.mark.parametrize("rows,with_base", [(1, False), (9, True), (40, False), (64, True), (300, True)])
 def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_base: bool) -> None:
     """A qkv-like layer (three slices), max rank 16, adapters of rank 8 on q and v only, like PEFT's."""
     gen = torch.Generator().manual_seed(rows)
