@@ -242,7 +242,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "cpu": platform.processor() or platform.machine(),
             "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "mem_available_gib_at_start": round(psutil.virtual_memory().available / 2**30, 1),
-            "load_avg_at_start": os.getloadavg(),
+            "load_avg_at_start": list(os.getloadavg()),
         },
         "scenarios": {},
     }
@@ -291,6 +291,7 @@ def bench_cmd(
     chart: Path = typer.Option(None, help="PNG chart path (default: next to --json)."),
 ) -> None:
     """Benchmark a running loradock server against base-only, vLLM's server and transformers + PEFT."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
     if quick:
         requests, max_tokens, rounds = min(requests, 32), min(max_tokens, 32), 1
     cfg = BenchConfig(
