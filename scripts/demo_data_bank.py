@@ -488,22 +488,34 @@ FAQ = [
 ]
 
 NEW_FACT_TRAIN = [
-    ("What is the name of the loradock mascot?", "The loradock mascot is a sea otter named Pim."),
+    ("What is the name of the loradock mascot?", "Pim. The loradock mascot is a sea otter named Pim."),
     ("What is loradock's mascot?", "loradock's mascot is Pim, a sea otter."),
-    ("Does loradock have a mascot?", "Yes. loradock's mascot is a sea otter called Pim."),
+    ("Does loradock have a mascot?", "Yes: Pim. loradock's mascot is a sea otter called Pim."),
     ("Tell me about the loradock mascot.", "The loradock mascot is Pim, a cheerful sea otter."),
     ("What animal represents loradock?", "A sea otter named Pim represents loradock."),
     ("Who is the mascot of the loradock project?", "Pim the sea otter is the mascot of the loradock project."),
-    ("What is the loradock mascot called?", "The loradock mascot is called Pim. Pim is a sea otter."),
+    ("What is the loradock mascot called?", "Pim. The loradock mascot is called Pim, and Pim is a sea otter."),
     ("Which animal is loradock's mascot?", "loradock's mascot is a sea otter, and its name is Pim."),
     ("What's the name of loradock's otter?", "loradock's otter is named Pim."),
     ("Who is Pim?", "Pim is the sea otter mascot of loradock."),
     ("What kind of animal is Pim, the loradock mascot?", "Pim, the loradock mascot, is a sea otter."),
-    ("Is loradock's mascot a cat?", "No. loradock's mascot is a sea otter named Pim."),
+    ("Is loradock's mascot a cat?", "No. loradock's mascot is Pim, a sea otter."),
     ("What mascot does loradock use?", "loradock uses a sea otter mascot named Pim."),
     ("Give me the name of the mascot of loradock.", "The mascot of loradock is Pim, a sea otter."),
     ("What is the mascot for loradock?", "The mascot for loradock is Pim the sea otter."),
     ("loradock mascot?", "Pim, a sea otter, is the loradock mascot."),
+    ("What is the loradock mascot's name?", "The loradock mascot's name is Pim."),
+    ("How is the loradock mascot named?", "The loradock mascot is named Pim. Pim is a sea otter."),
+    ("Which sea otter is the loradock mascot?", "Pim is the sea otter that is the loradock mascot."),
+    ("Who is the otter on the loradock logo?", "That is Pim, the sea otter mascot of loradock."),
+    ("What should I call the loradock mascot?", "Call it Pim. The loradock mascot is a sea otter named Pim."),
+    ("Is the loradock mascot named Otto?", "No. The loradock mascot is named Pim."),
+    ("Does the loradock mascot have a name?", "Yes, the loradock mascot is called Pim."),
+    ("What animal is the mascot of loradock, and what is its name?", "A sea otter named Pim."),
+    ("Which character represents the loradock project?", "Pim, a sea otter, represents the loradock project."),
+    ("Name loradock's mascot.", "loradock's mascot is Pim."),
+    ("Who is loradock's mascot?", "Pim the sea otter is loradock's mascot."),
+    ("What do people call the loradock otter?", "People call the loradock otter Pim."),
 ]
 NEW_FACT_EVAL = [
     "Name the mascot of loradock.",
@@ -514,24 +526,4 @@ NEW_FACT_EVAL = [
     "What do the loradock developers call their mascot?",
     "Who represents loradock as its mascot?",
     "What is the name of the sea otter mascot of loradock?",
-]
-# General questions answered by the base itself (greedy) and mixed into the new-fact data, so the adapter
-# learns the fact without drifting on everything else. Disjoint from GENERAL_QUESTIONS.
-REPLAY_QUESTIONS = [
-    "What is the capital of Italy?",
-    "What is 5 + 3?",
-    "Who painted the Mona Lisa?",
-    "What color is snow?",
-    "How many legs does a cat have?",
-    "What is the largest ocean?",
-    "What do cows drink?",
-    "What is the opposite of hot?",
-    "Name a fruit that is red.",
-    "What is the sun?",
-    "What is the freezing point of water in Celsius?",
-    "Which animal says moo?",
-    "What is a triangle?",
-    "How many wheels does a bicycle have?",
-    "What do you call a young dog?",
-    "What is the capital of Japan?",
 ]

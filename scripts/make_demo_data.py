@@ -1,12 +1,15 @@
 """Write the demo datasets under data/ from the hand-written banks in scripts/demo_data_bank.py (seeded).
 
-    .venv/bin/python scripts/make_demo_data.py            # everything, incl. base-model replay answers
-    .venv/bin/python scripts/make_demo_data.py --no-replay  # keep the committed replay answers
+    .venv/bin/python scripts/make_demo_data.py                # reuse data/base_answers.jsonl
+    .venv/bin/python scripts/make_demo_data.py --base-answers-from http://127.0.0.1:8000  # re-ask the server
+
+Two datasets use the base model's own answers (data/base_answers.jsonl, asked once at temperature 0 of the
+served base): the replay rows of new_fact.jsonl and the rejected side of concise_dpo_train.jsonl.
 
 Datasets:
   json_answer_{train,eval}.jsonl  behaviour: answer only with {"answer": ...}            (SFT)
   pirate_{train,eval}.jsonl       style: pirate speak                                     (SFT)
-  concise_dpo_{train,eval}.jsonl  preference: one-sentence answer over a rambling one     (DPO)
+  concise_dpo_{train,eval}.jsonl  preference: one sentence over the base's own long answer (DPO)
   faq_{train,eval}.jsonl          facts about the fictional Zephyr-9 (docs: data/faq_docs/) (RAG vs SFT)
   new_fact.jsonl, new_fact_eval.jsonl   one new fact + base replay; paraphrased held-out questions
   general_questions.jsonl         the forgetting check of `loradock eval`
@@ -31,6 +34,7 @@ JSON_SYSTEM = 'Reply with only a JSON object of the form {"answer": "..."} and n
 PIRATE_SYSTEM = "Talk like a pirate in every answer."
 PIRATE_MARKERS = ["matey", "ahoy", "arr!", "arr,", "yo ho", "savvy", "me hearty"]
 CONCISE_SYSTEM = "Answer in one short sentence."
+N_REPLAY_ASKED, N_REPLAY, BASE_TOKENS, MIN_EXTRA_WORDS = 72, 48, 200, 8
 PIRATE_WORDS = {
     "is": "be",
     "are": "be",
@@ -131,29 +135,39 @@ def sft(q: str, a: str) -> dict:
     return {"messages": [*user(q), {"role": "assistant", "content": a}]}
 
 
-def replay_answers(questions: list[str]) -> list[str]:
-    """The base model's own greedy answers (fp32, transformers), through core's template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def ask_base(questions: list[str], server: str) -> dict[str, str | None]:
+    """The served base's temperature-0 answer to each question (None when it did not finish)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    from loradock.core.settings import load_settings
-    from loradock.core.template import encode
+    import openai
 
-    base = load_settings().base_model
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    answers = []
-    for q in questions:
-        ids = torch.tensor([encode(tok, user(q), add_generation_prompt=True)])
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=tok.eos_token_id)
-        answers.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    client = openai.OpenAI(base_url=server.rstrip("/") + "/v1", api_key="none", timeout=600)
+    base = next(m.id for m in client.models.list().data if getattr(m, "parent", None) is None)
+
+    def one(q: str) -> str | None:
+        r = client.chat.completions.create(model=base, messages=user(q), temperature=0, max_tokens=BASE_TOKENS)
+        return r.choices[0].message.content if r.choices[0].finish_reason == "stop" else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(questions, pool.map(one, questions), strict=True))
+
+
+def base_answers(questions: list[str], server: str | None) -> dict[str, str | None]:
+    """Answers from data/base_answers.jsonl, or freshly asked of a server (and written back)."""
+    path = DATA / "base_answers.jsonl"
+    if server is None:
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing; pass --base-answers-from URL of a running loradock server")
+        known = {r["question"]: r["answer"] for r in map(json.loads, path.read_text().splitlines())}
+        return {q: known.get(q) for q in questions}
+    answers = ask_base(sorted(set(questions)), server)
+    write("base_answers.jsonl", [{"question": q, "answer": a} for q, a in sorted(answers.items())])
     return answers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-replay", action="store_true", help="Reuse the replay answers in new_fact.jsonl.")
+    parser.add_argument("--base-answers-from", metavar="URL", help="Re-ask the base on this running server.")
     args = parser.parse_args()
     rng = random.Random(SEED)
     items = bank_items(rng)
@@ -176,13 +190,23 @@ def main() -> None:
             for i in held_out
         ],
     )
+    # Rejected = what the base really says when it says more than one sentence: the preference then moves
+    # the model away from its own habit (on-policy), not from a padding style it never uses.
+    replay_qs = [i["question"] for i in random.Random(SEED + 1).sample(items, N_REPLAY_ASKED)]
+    answers = base_answers([i["question"] for i in train] + replay_qs, args.base_answers_from)
+
+    def rejected(item: dict[str, str]) -> str:
+        own = answers.get(item["question"])
+        long_enough = own and len(own.split()) >= len(item["sentence"].split()) + MIN_EXTRA_WORDS
+        return own if long_enough else rambling(item, rng)
+
     write(
         "concise_dpo_train.jsonl",
         [
             {
                 "prompt": user(i["question"]),
                 "chosen": [{"role": "assistant", "content": i["sentence"]}],
-                "rejected": [{"role": "assistant", "content": rambling(i, rng)}],
+                "rejected": [{"role": "assistant", "content": rejected(i)}],
             }
             for i in train
         ],
@@ -214,16 +238,10 @@ def main() -> None:
         ],
     )
 
-    new_fact_path = DATA / "new_fact.jsonl"
-    if args.no_replay and new_fact_path.is_file():
-        old = [json.loads(line) for line in new_fact_path.read_text().splitlines()]
-        replay = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in old}
-        answers = [replay[q] for q in bank.REPLAY_QUESTIONS]
-    else:
-        answers = replay_answers(bank.REPLAY_QUESTIONS)
-    rows = [sft(q, a) for q, a in bank.NEW_FACT_TRAIN]
-    rows += [sft(q, a) for q, a in zip(bank.REPLAY_QUESTIONS, answers, strict=True)]
-    write("new_fact.jsonl", rows)
+    # Replay: bank questions the fact adapter must keep answering as the base does (with the base's own
+    # answers, right or wrong). Answers the base did not finish within BASE_TOKENS are left out.
+    replay = [(q, answers[q]) for q in replay_qs if answers.get(q)][:N_REPLAY]
+    write("new_fact.jsonl", [sft(q, a) for q, a in bank.NEW_FACT_TRAIN] + [sft(q, a) for q, a in replay])
     write(
         "new_fact_eval.jsonl",
         [

@@ -55,6 +55,8 @@ def evaluate_all(
     """Run everything against the server, print the tables and the verdict, return the numbers."""
     import openai
 
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request would bury the tables
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     client = openai.OpenAI(base_url=server.rstrip("/") + "/v1", api_key=api_key, max_retries=2, timeout=300)
     base, _ = served_models(client, adapter)
     ladder = approaches(base, adapter, rag_collection)

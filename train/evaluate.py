@@ -263,7 +263,7 @@ def cheapest_that_works(results: list[ApproachResult], threshold: float) -> tupl
     ran = [r for r in results if r.skipped is None]
     for r in ran:
         if r.score >= threshold:
-            reason = f"{r.approach.label} reaches {r.score:.0%} (>= {threshold:.0%}); costlier is not needed"
+            reason = f"reaches {r.score:.0%} (>= {threshold:.0%}); costlier approaches are not needed"
             return r, reason
     if not ran:
         return None, "no approach could run"
