@@ -284,8 +284,8 @@ def bench_cmd(
     adapters_dir: Path = typer.Option(Path("adapters"), help="The server's adapter store (copies go there)."),
     make_adapters: bool = typer.Option(False, help="Create K synthetic rank-8 adapters bench-NN in the store."),
     scenarios: str = typer.Option(",".join(ALL_SCENARIOS), help="Comma-separated scenarios to run."),
-    rounds: int = typer.Option(2, help="Interleaved rounds of base/mixed; each keeps its best."),
-    quick: bool = typer.Option(False, help="Smaller run (32 requests x 32 tokens, 1 round): under 10 minutes."),
+    rounds: int = typer.Option(3, help="Interleaved rounds of base/mixed; each keeps its best."),
+    quick: bool = typer.Option(False, help="Smaller run (32 requests x 32 tokens, 2 rounds): under 10 minutes."),
     config: Path = typer.Option(None, help="loradock YAML settings (engine settings for the vLLM baseline)."),
     json_path: Path = typer.Option(Path("bench.json"), "--json", help="Where to write the results."),
     chart: Path = typer.Option(None, help="PNG chart path (default: next to --json)."),
@@ -293,7 +293,7 @@ def bench_cmd(
     """Benchmark a running loradock server against base-only, vLLM's server and transformers + PEFT."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
     if quick:
-        requests, max_tokens, rounds = min(requests, 32), min(max_tokens, 32), 1
+        requests, max_tokens, rounds = min(requests, 32), min(max_tokens, 32), min(rounds, 2)
     cfg = BenchConfig(
         server=server.rstrip("/"),
         api_key=api_key,

@@ -51,36 +51,20 @@ def _offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _flags(options: dict[str, object]) -> list[str]:
+    return [str(part) for pair in options.items() for part in pair]
+
+
 def vllm_server_command(cfg: EngineConfig, adapters: dict[str, Path], port: int) -> list[str]:
     """The command line of vLLM's own OpenAI server with ``adapters`` preloaded."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(cfg.base_model),
-        "--served-model-name",
-        cfg.served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        cfg.dtype,
-        "--enable-lora",
-        "--max-lora-rank",
-        str(cfg.max_lora_rank),
-        "--max-loras",
-        str(cfg.max_loras),
-        "--max-cpu-loras",
-        str(max(cfg.max_cpu_loras, cfg.max_loras)),
-        "--max-num-seqs",
-        str(cfg.max_num_seqs),
-        "--max-model-len",
-        str(cfg.max_model_len),
-        "--gpu-memory-utilization",
-        str(cfg.gpu_memory_utilization),
-    ]
+    options = {
+        "--model": cfg.base_model, "--served-model-name": cfg.served_name, "--host": "127.0.0.1",
+        "--port": port, "--dtype": cfg.dtype, "--max-lora-rank": cfg.max_lora_rank,
+        "--max-loras": cfg.max_loras, "--max-cpu-loras": max(cfg.max_cpu_loras, cfg.max_loras),
+        "--max-num-seqs": cfg.max_num_seqs, "--max-model-len": cfg.max_model_len,
+        "--gpu-memory-utilization": cfg.gpu_memory_utilization,
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--enable-lora", *_flags(options)]
     if adapters:
         cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     return cmd
@@ -88,23 +72,11 @@ def vllm_server_command(cfg: EngineConfig, adapters: dict[str, Path], port: int)
 
 def peft_server_command(mode: str, cfg: EngineConfig, adapters: dict[str, Path], port: int) -> list[str]:
     """The command line of a transformers + PEFT baseline server (mode naive or batched)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "loradock.serve.bench_peft_server",
-        "--mode",
-        mode,
-        "--port",
-        str(port),
-        "--base-model",
-        str(cfg.base_model),
-        "--served-name",
-        cfg.served_name,
-        "--max-batch",
-        str(cfg.max_num_seqs),
-        "--dtype",
-        "float32" if cfg.dtype == "float32" else "bfloat16",
-    ]
+    options = {
+        "--mode": mode, "--port": port, "--base-model": cfg.base_model, "--served-name": cfg.served_name,
+        "--max-batch": cfg.max_num_seqs, "--threads": 1,
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "loradock.serve.bench_peft_server", *_flags(options)]
     for name, path in adapters.items():
         cmd += ["--adapter", f"{name}={path}"]
     return cmd

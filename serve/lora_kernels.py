@@ -45,8 +45,9 @@ class SegmentPlan:
     num_rows: int
     segments: tuple[tuple[int, int, int], ...]  # (slot, start, end) in the kernel layout
     batched: bool  # layout is (num_slots, max_len) padded per slot, for one bmm; else one matmul per segment
-    first_slot: int  # batched: slots first_slot .. first_slot + num_slots - 1
+    first_slot: int  # batched: the slots in use are first_slot .. first_slot + num_slots - 1 ...
     num_slots: int
+    slot_select: torch.Tensor | None  # ... or, when they are not contiguous, these slots
     max_len: int
     positions: int  # rows in the kernel layout (padding included)
     src_rows: torch.Tensor | None  # row of x at each kernel position (None: all rows, in order)
@@ -56,15 +57,16 @@ class SegmentPlan:
 
 def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int, int]]) -> SegmentPlan:
     """``rows`` lists the rows that use an adapter ordered by slot; ``segments`` index into it."""
-    first = min((s for s, _, _ in segments), default=0)
-    num_slots = max((s for s, _, _ in segments), default=-1) + 1 - first
+    slot_ids = [slot for slot, _, _ in segments]  # distinct and ascending
+    first, num_slots = (slot_ids[0], len(slot_ids)) if slot_ids else (0, 0)
+    contiguous = slot_ids == list(range(first, first + num_slots))
     max_len = max((end - start for _, start, end in segments), default=0)
     batched = len(segments) > 1 and num_slots * max_len <= _MAX_PAD_RATIO * rows.numel()
     if batched:
         src = torch.zeros(num_slots * max_len, dtype=torch.long)
         layout = []
-        for slot, start, end in segments:
-            at = (slot - first) * max_len
+        for i, (slot, start, end) in enumerate(segments):
+            at = i * max_len
             src[at : at + end - start] = rows[start:end]
             layout.append((slot, at, at + end - start))
         segments = layout
@@ -82,6 +84,7 @@ def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int,
         batched=batched,
         first_slot=first,
         num_slots=num_slots,
+        slot_select=None if contiguous else torch.tensor(slot_ids),
         max_len=max_len,
         positions=src.numel(),
         src_rows=None if identity else src,
@@ -147,7 +150,9 @@ def _gather_in(x: torch.Tensor, plan: SegmentPlan, dtype: torch.dtype) -> torch.
 def _matmul(xs: torch.Tensor, w_t: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
     """``xs @ w_t[slot]`` per slot, in the kernel layout; ``w_t`` is (slots, in, out)."""
     if plan.batched:
-        return torch.bmm(xs, w_t[plan.first_slot : plan.first_slot + plan.num_slots])
+        if plan.slot_select is None:
+            return torch.bmm(xs, w_t[plan.first_slot : plan.first_slot + plan.num_slots])
+        return torch.bmm(xs, w_t.index_select(0, plan.slot_select))
     out = torch.empty(xs.shape[0], w_t.shape[-1], dtype=xs.dtype)
     for slot, start, end in plan.segments:
         torch.matmul(xs[start:end], w_t[slot], out=out[start:end])

@@ -121,9 +121,15 @@ def make_wrappers() -> tuple[punica_cpu.PunicaWrapperCPU, punica_cpu.PunicaWrapp
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,with_base", [(1, False), (9, True), (40, False), (64, True), (300, True)])
-def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_base: bool) -> None:
-    """A qkv-like layer (three slices), max rank 16, adapters of rank 8 on q and v only, like PEFT's."""
+@pytest.mark.parametrize(
+    "rows,with_base,sparse",
+    [(1, False, False), (9, True, False), (40, False, True), (64, True, False), (300, True, True)],
+)
+def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_base: bool, sparse: bool) -> None:
+    """A qkv-like layer (three slices), max rank 16, adapters of rank 8 on q and v only, like PEFT's.
+
+    ``sparse``: the adapters in use sit in slots 0, 2 and 4 (vLLM reuses freed slots in any order).
+    """
     gen = torch.Generator().manual_seed(rows)
     slots, d_in, slices = 6, 64, (64, 16, 16)
     a = tuple(weights((slots, 1, 16, d_in), dtype, gen) for _ in slices)
@@ -131,6 +137,8 @@ def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_b
     for t in (a[1], b[1], a[0][..., 8:, :], b[0][..., 8:], a[2][..., 8:, :], b[2][..., 8:]):
         t.zero_()
     ids = [int(i) + 1 if i >= 0 else 0 for i in mapping(rows, slots, gen, with_base)]
+    if sparse:
+        ids = [(i - 1) % 3 * 2 + 1 if i else 0 for i in ids]
     stock, patched = make_wrappers()
     for w in (stock, patched):
         w.update_metadata(LoRAMapping(ids, ids, is_prefill=True), list(range(1, slots + 1)), slots + 1, 100)
