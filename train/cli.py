@@ -21,11 +21,11 @@ from rich.console import Console
 
 from loradock.train.config import (
     RecipeError,
-    _base_type,
-    _hints,
+    base_type,
     build_config,
     find_recipe,
     flag,
+    key_types,
     keys,
     load_recipe,
 )
@@ -43,10 +43,10 @@ def _with_recipe_flags(fn: Callable[..., None]) -> Callable[..., None]:
     """Give a command taking ``**overrides`` one ``--flag`` per recipe key (None = not given)."""
     sig = inspect.signature(fn)
     fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    hints = _hints()
+    hints = key_types()
     generated = []
     for f in keys():
-        inner, _ = _base_type(hints[f.name])
+        inner, _ = base_type(hints[f.name])
         decl = f"{flag(f.name)}/--no-{flag(f.name)[2:]}" if inner is bool else flag(f.name)
         generated.append(
             inspect.Parameter(

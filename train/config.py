@@ -75,7 +75,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints()[f.name]))
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), key_types()[f.name]))
         self._check()
 
     def _check(self) -> None:
@@ -127,11 +127,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _hints() -> dict[str, Any]:
+def key_types() -> dict[str, Any]:
+    """Resolved type of every recipe key (the annotations are strings under postponed evaluation)."""
     return get_type_hints(TrainConfig)
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
+def base_type(tp: Any) -> tuple[Any, bool]:
     """(inner type, optional?) of ``X | None``."""
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -141,7 +142,7 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Turn YAML/CLI values into the field's type; YAML reads `2e-4` as a string, the CLI gives strings."""
-    inner, optional = _base_type(tp)
+    inner, optional = base_type(tp)
     if value is None:
         if optional:
             return None

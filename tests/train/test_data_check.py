@@ -137,8 +137,15 @@ def test_cli_prints_summary_and_exits_1(write_jsonl, cli):
 def test_demo_datasets_pass_the_check(cli):
     """The data the demo adapters are trained on must itself pass the guard rails."""
     repo = Path(__file__).resolve().parents[2]
-    for name in ("json_answer_train", "pirate_train", "faq_train", "new_fact", "concise_dpo_train"):
-        result = cli("data", "check", str(repo / "data" / f"{name}.jsonl"), "--max-length", "160")
+    recipes = {
+        "json_answer_train": "json-answer",
+        "pirate_train": "pirate",
+        "faq_train": "zephyr-faq",
+        "new_fact": "new-fact",
+        "concise_dpo_train": "concise",
+    }
+    for name, recipe in recipes.items():
+        result = cli("data", "check", str(repo / "data" / f"{name}.jsonl"), "--recipe", recipe)
         assert result.exit_code == 0, f"{name}: {result.output}"
     rows = [json.loads(line) for line in (repo / "data" / "general_questions.jsonl").read_text().splitlines()]
     assert len(rows) >= 10 and all(r["expected"] for r in rows)
