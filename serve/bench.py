@@ -96,22 +96,41 @@ def wait_for_models(url: str, api_key: str | None, names: list[str], timeout_s: 
         time.sleep(0.5)
 
 
-def _pick_adapters(cfg: BenchConfig, base: str, listed: list[dict]) -> list[str]:
-    from loradock.core.settings import load_settings
-    from loradock.serve.bench_adapters import make_bench_adapters
+def _pick_adapters(cfg: BenchConfig, base: str, listed: list[dict]) -> tuple[list[str], list[str]]:
+    """(K adapter names for the mixed load, the synthetic ones this run created and must remove).
 
+    The served adapters found in the store come first; when there are fewer than K (``make demo`` ships four),
+    synthetic rank-8 ones top the set up for this run only. ``--make-adapters`` uses synthetic ones throughout
+    and keeps them.
+    """
+    from loradock.core.settings import load_settings
+    from loradock.serve.bench_adapters import SYNTHETIC_PREFIX, make_bench_adapters
+
+    settings = load_settings(cfg.config)
     if cfg.make_adapters:
-        settings = load_settings(cfg.config)
         names = make_bench_adapters(cfg.adapters_dir, settings.base_model, cfg.adapters)
         wait_for_models(cfg.server, cfg.api_key, names)
-        return names
-    served = sorted(m["id"] for m in listed if m.get("parent") == base and (cfg.adapters_dir / m["id"]).is_dir())
-    if len(served) < cfg.adapters:
-        raise RuntimeError(
-            f"--adapters {cfg.adapters}: the server lists only {len(served)} adapters found in {cfg.adapters_dir}; "
-            "pass --make-adapters to create synthetic ones, or lower --adapters"
-        )
-    return served[: cfg.adapters]
+        return names, []
+    served = sorted(
+        m["id"]
+        for m in listed
+        if m.get("parent") == base
+        and (cfg.adapters_dir / m["id"]).is_dir()
+        and not m["id"].startswith(SYNTHETIC_PREFIX)
+    )[: cfg.adapters]
+    if len(served) == cfg.adapters:
+        return served, []
+    existing = {m["id"] for m in listed}
+    synthetic = make_bench_adapters(cfg.adapters_dir, settings.base_model, cfg.adapters - len(served))
+    created = [n for n in synthetic if n not in existing]
+    log.info(
+        "the server serves %d adapters from %s; topping up with synthetic %s",
+        len(served),
+        cfg.adapters_dir,
+        ", ".join(synthetic),
+    )
+    wait_for_models(cfg.server, cfg.api_key, synthetic)
+    return served + synthetic, created
 
 
 def _engine_config(cfg: BenchConfig, base: str) -> Any:
@@ -213,10 +232,8 @@ def _baseline(cfg: BenchConfig, kind: str, engine: Any, adapters: list[str], mix
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the selected scenarios; return the result (also written to ``cfg.json_path`` with a chart)."""
-    import psutil
 
-    from loradock.serve import bench_report
-    from loradock.serve.bench_load import choose_models, server_pid
+    from loradock.serve.bench_load import server_pid
 
     listed = _models(cfg.server, cfg.api_key)
     base = next((m["id"] for m in listed if not m.get("parent")), None)
@@ -225,7 +242,22 @@ def run_bench(cfg: BenchConfig) -> dict:
     pid = cfg.server_pid or server_pid(cfg.server)
     want = set(cfg.scenarios)
     needs_adapters = want - {"base"}
-    adapters = _pick_adapters(cfg, base, listed) if needs_adapters else []
+    adapters, created = _pick_adapters(cfg, base, listed) if needs_adapters else ([], [])
+    try:
+        return _run_scenarios(cfg, base, pid, want, adapters)
+    finally:
+        if created:
+            from loradock.serve.bench_adapters import remove_adapters
+
+            remove_adapters(cfg.adapters_dir, created)
+
+
+def _run_scenarios(cfg: BenchConfig, base: str, pid: int | None, want: set[str], adapters: list[str]) -> dict:
+    import psutil
+
+    from loradock.serve import bench_report
+    from loradock.serve.bench_load import choose_models
+
     mixed = choose_models(adapters, cfg.requests, cfg.popularity) if adapters else []
     engine = _engine_config(cfg, base)
     result: dict[str, Any] = {

@@ -183,6 +183,7 @@ def eval_cmd(
     adapter: str = typer.Option(..., "--adapter", help="Adapter name as served."),
     server: str = typer.Option("http://127.0.0.1:8000", "--server", help="Server URL (without /v1)."),
     rag_collection: str | None = typer.Option(None, "--rag-collection", help="Also try RAG on this collection."),
+    rag_top_k: int = typer.Option(2, "--rag-top-k", min=1, max=16, help="Passages per question for RAG."),
     system: str | None = typer.Option(None, "--system", help="System prompt for the prompting approach."),
     metric: str | None = typer.Option(None, "--metric", help="exact, contains or json (rows may declare it)."),
     general: Path = typer.Option(Path("data/general_questions.jsonl"), "--general", help="Forgetting-check set."),
@@ -216,6 +217,7 @@ def eval_cmd(
             threshold,
             max_tokens,
             concurrency,
+            rag_top_k,
         )
     except EvalError as e:
         raise _fail(str(e)) from e

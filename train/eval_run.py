@@ -21,8 +21,8 @@ from loradock.train.tables import eval_examples, eval_scores, forgetting_table
 log = logging.getLogger(__name__)
 
 
-def approaches(base: str, adapter: str, rag_collection: str | None) -> list[Approach]:
-    """The lesson's ladder, cheapest first: prompting, RAG, fine-tuning."""
+def approaches(base: str, adapter: str, rag_collection: str | None, rag_top_k: int = 2) -> list[Approach]:
+    """The lesson's ladder, cheapest first: prompting, RAG (the prompt plus passages), fine-tuning."""
     ladder = [
         Approach("base", "prompting: base as is", base),
         Approach("prompted", "prompting: base + system prompt", base, use_system=True),
@@ -33,7 +33,8 @@ def approaches(base: str, adapter: str, rag_collection: str | None) -> list[Appr
                 "rag",
                 f"RAG: base + '{rag_collection}' passages",
                 base,
-                rag={"collection": rag_collection, "top_k": 4},
+                use_system=True,
+                rag={"collection": rag_collection, "top_k": rag_top_k},
             )
         )
     ladder.append(Approach("adapter", f"fine-tune: adapter {adapter}", adapter))
@@ -51,6 +52,7 @@ def evaluate_all(
     threshold: float,
     max_tokens: int,
     concurrency: int,
+    rag_top_k: int = 2,
 ) -> dict[str, Any]:
     """Run everything against the server, print the tables and the verdict, return the numbers."""
     import openai
@@ -59,7 +61,7 @@ def evaluate_all(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     client = openai.OpenAI(base_url=server.rstrip("/") + "/v1", api_key=api_key, max_retries=2, timeout=300)
     base, _ = served_models(client, adapter)
-    ladder = approaches(base, adapter, rag_collection)
+    ladder = approaches(base, adapter, rag_collection, rag_top_k)
     metrics = sorted({i.metric for i in items})
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("querying the server", total=len(items) * len(ladder) + 2 * len(general))
@@ -101,8 +103,11 @@ def evaluate_all(
             "total": forgetting.total,
             "base_correct": forgetting.base_correct,
             "adapter_correct": forgetting.adapter_correct,
+            "kept": forgetting.kept,
+            "lost": forgetting.lost,
             "same_answers": forgetting.same_answers,
             "forgot": forgetting.forgot,
+            "answers": [{"question": q, "base": b, "adapter": a} for q, b, a in forgetting.examples],
         },
         "cheapest_that_works": winner.approach.key if winner else None,
         "reason": reason,

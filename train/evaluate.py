@@ -195,7 +195,7 @@ def run_approach(
     import openai
 
     result = ApproachResult(approach, total=len(items))
-    if approach.use_system and not any(i.system for i in items):
+    if approach.use_system and not approach.rag and not any(i.system for i in items):
         result.skipped = "no system prompt declared (add 'system' to the eval rows or pass --system)"
         advance(len(items))
         return result
@@ -237,25 +237,32 @@ def _parallel(
 
 @dataclass
 class Forgetting:
-    """General questions answered by the base and by the adapter."""
+    """General questions answered by the base and by the adapter, compared question by question."""
 
     total: int
     base_correct: int
     adapter_correct: int
     same_answers: int
+    lost: list[str]  # questions the base answered correctly and the adapter does not
     examples: list[tuple[str, str, str]]
 
     @property
+    def kept(self) -> int:
+        """Questions the base got right that the adapter still gets right."""
+        return self.base_correct - len(self.lost)
+
+    @property
     def forgot(self) -> bool:
-        """More than one general question (or 10%) lost that the base got right."""
-        return self.base_correct - self.adapter_correct > max(1, self.total // 10)
+        """More than one general question (or 10%) the base got right is now answered wrong."""
+        return len(self.lost) > max(1, self.total // 10)
 
 
 def forgetting_check(base: ApproachResult, adapter: ApproachResult, items: list[EvalItem]) -> Forgetting:
-    """Compare adapter and base answers to the shipped general questions."""
+    """Compare adapter and base answers to the shipped general questions, per question."""
     examples = [(i.messages[-1]["content"], b, a) for i, b, a in zip(items, base.outputs, adapter.outputs, strict=True)]
     same = sum(same_answer(b, a) for _, b, a in examples)
-    return Forgetting(len(items), base.passed, adapter.passed, same, examples)
+    lost = [q for item, (q, b, a) in zip(items, examples, strict=True) if score(item, b) and not score(item, a)]
+    return Forgetting(len(items), base.passed, adapter.passed, same, lost, examples)
 
 
 def cheapest_that_works(results: list[ApproachResult], threshold: float) -> tuple[ApproachResult | None, str]:

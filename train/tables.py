@@ -107,9 +107,12 @@ def forgetting_table(f: Forgetting) -> Table:
     table.add_column("base", justify="right")
     table.add_column("adapter", justify="right")
     table.add_row("correct", f"{f.base_correct}/{f.total}", f"{f.adapter_correct}/{f.total}")
-    table.add_row("same answer as base", "-", f"{f.same_answers}/{f.total}")
+    table.add_row("base's correct answers kept", "-", f"{f.kept}/{f.base_correct}")
+    table.add_row("near-identical wording to base", "-", f"{f.same_answers}/{f.total}")
     verdict = "[red]forgets[/red]" if f.forgot else "[green]keeps general knowledge[/green]"
     table.add_row("verdict", "", verdict)
+    for q in f.lost:
+        table.add_row(f"[red]lost[/red] {_cut(q, 40)}", "right", "wrong")
     return table
 
 

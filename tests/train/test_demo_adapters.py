@@ -8,7 +8,7 @@ import pytest
 
 from loradock.core.store import AdapterStore
 from loradock.core.validate import validate_adapter
-from loradock.train.config import keys
+from loradock.train.config import build_config, keys
 from loradock.train.data import data_sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +23,13 @@ def test_demo_adapter_is_servable_and_reproducible_from_shipped_data(name, base_
     assert manifest.provenance.data_sha256 == data_sha256(REPO / recipe["data"]), (
         f"{name} was trained on other data than {recipe['data']}; rebuild it with scripts/build_demo_adapters.py"
     )
+    shipped = build_config(manifest.provenance.method, name, {"name": name, "overwrite": True}).resolved()
+    stale = {
+        k: (v, shipped.get(k))
+        for k, v in recipe.items()
+        if k not in ("adapters_dir", "output_dir") and v != shipped.get(k)
+    }
+    assert not stale, f"{name} was trained with another recipe than train/recipes (trained, shipped): {stale}"
     assert manifest.rank <= 16 and (store.path(name) / "loss_curve.png").is_file()
     assert manifest.metrics["train_loss"], "the manifest must carry the loss curve"
 
