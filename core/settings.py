@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     dtype: str = Field("float32", description="Engine dtype. float32 keeps greedy parity with PEFT on CPU.")
-    max_loras: int = Field(4, description="Adapters that can run in one batch.")
-    max_cpu_loras: int = Field(8, description="Adapters resident in the engine before LRU eviction.")
+    max_loras: int = Field(32, description="Adapters that can run in one batch (slots; ~20 MB each at rank 16 here).")
+    max_cpu_loras: int = Field(64, description="Adapters resident in the engine before LRU eviction.")
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
     gpu_memory_utilization: float = Field(0.5, description="Fraction of device (NUMA node on CPU) memory.")
     kv_cache_space_gib: int = Field(1, description="KV cache size on CPU, GiB (VLLM_CPU_KVCACHE_SPACE).")

@@ -53,6 +53,9 @@ class AdapterRegistry:
         self._forced: set[str] = set()  # template mismatch accepted by an admin
         self._next_id = 1
         self._lock = asyncio.Lock()
+        # Engine ids add_lora accepted. Their requests skip the engine round trip (it waits for the engine's
+        # current step); if vLLM's LRU evicted one meanwhile, vLLM reloads it from the same folder in-step.
+        self._added: set[int] = set()
 
     # -- scanning ---------------------------------------------------------------------------------------
     def _validate(self, name: str, folder: Path) -> Manifest:
@@ -111,6 +114,7 @@ class AdapterRegistry:
         async with self._lock:
             stale = self.scan()
         for entry in stale:
+            self._added.discard(entry.target.int_id)
             removed = await self.engine.remove_lora(entry.target.int_id)
             log.info("adapter %s %s from the store; unloaded=%s", entry.name,
                      "changed" if entry.name in self.entries else "removed", removed)
@@ -146,6 +150,8 @@ class AdapterRegistry:
         """The engine target for ``name``, loaded into the engine now if it is not resident."""
         entry = self.lookup(name)
         entry.last_used = time.monotonic()
+        if entry.target.int_id in self._added:
+            return entry.target
         resident = await self.engine.resident_loras()
         if entry.target.int_id not in resident:
             try:
@@ -156,6 +162,7 @@ class AdapterRegistry:
                 log.warning("adapter %s failed to load: %s", name, e)
                 raise BadRequest(f"adapter {name!r} failed to load: {e}", param="model",
                                  code="adapter_load_failed") from e
+        self._added.add(entry.target.int_id)
         return entry.target
 
     # -- admin ------------------------------------------------------------------------------------------
@@ -184,6 +191,7 @@ class AdapterRegistry:
                 raise BadRequest(f"adapter {name!r} refused: {e}", param="lora_name", code=f"adapter_invalid:{e.code}")
             entry.pinned = name in self._pinned
             self.entries[name] = entry
+            self._added.discard(entry.target.int_id)  # an admin load really loads (and pins), even if evicted
         await self.acquire(name)
         return entry
 
@@ -195,4 +203,5 @@ class AdapterRegistry:
                 raise NotFound(f"adapter {name!r} is not being served", param="lora_name", code="adapter_not_found")
             self._disabled.add(name)
             self._aliases.pop(name, None)
+        self._added.discard(entry.target.int_id)
         await self.engine.remove_lora(entry.target.int_id)

@@ -49,8 +49,25 @@ def serve_cmd(
     from loradock.core.feedback import FeedbackStore
     from loradock.serve.rag import RagStore
 
+    _check_port_free(settings.host, settings.port)  # before the engine starts, not after 30 s of loading
     app = create_app(settings, retriever=RagStore(settings.rag_dir), feedback=FeedbackStore(settings.db_url))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise typer.BadParameter(f"{host}:{port} is in use ({e.strerror}); stop what runs there or pick "
+                                     "another --port", param_hint="--port") from e
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def demo_cmd(
@@ -64,6 +81,7 @@ def demo_cmd(
     from loradock.core.health import NotHealthy, wait_healthy
 
     console = Console()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server and the UI too, like Ctrl-C
     exe = [sys.executable, "-m", "loradock"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     faq = Path("data/faq_docs")

@@ -26,6 +26,7 @@ import torch
 _PACK_ATTR = "_loradock_packed"
 _PLAN_ATTR = "_loradock_plan"
 _LIVE_ATTR = "_loradock_live"
+_DIRTY_ATTR = "_loradock_dirty"
 # Padding rows the batched path may compute per real row before the per-slot loop is cheaper.
 _MAX_PAD_RATIO = 2.0
 # Up to this many rows (decode steps) float32 matmuls run faster than bfloat16 ones on CPU (measured 1.5-3x
@@ -363,6 +364,7 @@ class PackedLoRA:
     live: tuple[bool, ...]  # slot holds a non-zero delta for this layer
     width: int
     f32: tuple[torch.Tensor, torch.Tensor]  # a_t, b_t in float32
+    ranks: tuple[int, ...] = ()  # rank columns each slice got in the packed layout
 
     def weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.f32 if dtype == torch.float32 else (self.a_t, self.b_t)
@@ -375,6 +377,57 @@ def _used_rank(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(nz.max()) + 1 if nz.numel() else 0
 
 
+def _slots(t: torch.Tensor) -> torch.Tensor:
+    return t.squeeze(1) if t.dim() == 4 else t
+
+
+def _live(a_t: torch.Tensor, b_t: torch.Tensor) -> list[bool]:
+    return (a_t.flatten(1).ne(0).any(dim=1) & b_t.flatten(1).ne(0).any(dim=1)).tolist()
+
+
+def mark_dirty(lora_a_stacked: Any, index: int) -> None:
+    """Record that vLLM rewrote slot ``index`` of a layer (its ``set_lora`` / ``reset_lora``), so
+    :func:`pack_lora` repacks that slot only instead of every slot."""
+    if isinstance(lora_a_stacked, (tuple, list)) and lora_a_stacked and isinstance(lora_a_stacked[0], torch.Tensor):
+        dirty = getattr(lora_a_stacked[0], _DIRTY_ATTR, None)
+        if dirty is None:
+            dirty = set()
+            setattr(lora_a_stacked[0], _DIRTY_ATTR, dirty)
+        dirty.add(int(index))
+
+
+def _repack_slots(
+    cached: PackedLoRA,
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    output_slices: tuple[int, ...],
+    slots: list[int],
+    key: tuple[int, ...],
+) -> PackedLoRA | None:
+    """Update only ``slots`` of a packed layer in place; None when they need a wider layout (full repack)."""
+    idx = torch.tensor(slots, dtype=torch.long)
+    parts = [
+        (_slots(a)[idx], _slots(b)[idx][:, :size]) for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)
+    ]
+    if any(_used_rank(a, b) > rank for (a, b), rank in zip(parts, cached.ranks, strict=True)):
+        return None
+    a_t, b_t = cached.a_t, cached.b_t
+    col = offset = 0
+    for (a, b), size, rank in zip(parts, output_slices, cached.ranks, strict=True):
+        if rank:
+            a_t[idx, :, col : col + rank] = a[:, :rank].transpose(1, 2)
+            b_t[idx, col : col + rank, offset : offset + size] = b[:, :, :rank].transpose(1, 2)
+            col += rank
+        offset += size
+    if cached.f32[0] is not a_t:  # a bfloat16 layer keeps float32 copies for decode-sized batches
+        cached.f32[0][idx] = a_t[idx].float()
+        cached.f32[1][idx] = b_t[idx].float()
+    live = list(cached.live)
+    for slot, is_live in zip(slots, _live(a_t[idx], b_t[idx]), strict=True):
+        live[slot] = is_live
+    return PackedLoRA(key, a_t, b_t, tuple(live), cached.width, cached.f32, cached.ranks)
+
+
 def pack_lora(
     lora_a: tuple[torch.Tensor, ...],
     lora_b: tuple[torch.Tensor, ...],
@@ -383,20 +436,30 @@ def pack_lora(
     """Pack vLLM's stacked (slots, 1, r, in) / (slots, 1, out, r) slices, cached until a slot is rewritten.
 
     vLLM writes adapter weights in place, which bumps the tensors' version counters; the cache is kept on
-    ``lora_a[0]`` and keyed by those versions.
+    ``lora_a[0]`` and keyed by those versions. When :func:`mark_dirty` says which slots were rewritten, only
+    those are repacked (loading one adapter then costs one slot, not ``max_loras`` slots, in every layer).
     """
     key = tuple(t._version for t in (*lora_a, *lora_b))
     cached = getattr(lora_a[0], _PACK_ATTR, None)
     if cached is not None and cached.key == key:
         return cached
+    dirty = getattr(lora_a[0], _DIRTY_ATTR, None)
+    if cached is not None and dirty:
+        packed = _repack_slots(cached, lora_a, lora_b, output_slices, sorted(dirty), key)
+        if packed is not None:
+            dirty.clear()
+            setattr(lora_a[0], _PACK_ATTR, packed)
+            return packed
+    if dirty:
+        dirty.clear()
     dtype = lora_a[0].dtype
-    a0 = lora_a[0].squeeze(1) if lora_a[0].dim() == 4 else lora_a[0]
+    a0 = _slots(lora_a[0])
     slots, in_dim, width = a0.shape[0], a0.shape[-1], sum(output_slices)
-    a_parts, b_blocks, offset, cols = [], [], 0, 0
+    a_parts, b_blocks, ranks, offset, cols = [], [], [], 0, 0
     for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
-        a = a.squeeze(1) if a.dim() == 4 else a
-        b = (b.squeeze(1) if b.dim() == 4 else b)[:, :size]
+        a, b = _slots(a), _slots(b)[:, :size]
         rank = _used_rank(a, b)
+        ranks.append(rank)
         if rank:
             a_parts.append(a[:, :rank])
             b_blocks.append((cols, offset, b[:, :, :rank]))
@@ -408,8 +471,8 @@ def pack_lora(
         a_t.copy_(torch.cat(a_parts, dim=1).transpose(1, 2))
     for col, off, b in b_blocks:
         b_t[:, col : col + b.shape[2], off : off + b.shape[1]] = b.transpose(1, 2)
-    live = tuple(bool(a_t[s].any() and b_t[s].any()) for s in range(slots))
-    packed = PackedLoRA(key, a_t, b_t, live, width, (a_t.float(), b_t.float()))
+    live = tuple(_live(a_t, b_t))
+    packed = PackedLoRA(key, a_t, b_t, live, width, (a_t.float(), b_t.float()), tuple(ranks))
     setattr(lora_a[0], _PACK_ATTR, packed)
     return packed
 

@@ -28,6 +28,13 @@ log = logging.getLogger("vllm.loradock_lora_ops")
 ENV_VAR = "LORADOCK_LORA_OPS"
 MODES = ("vllm", "grouped")
 _PATCHED_ATTR = "_loradock_patched"
+# Modules whose LoRA layer classes define set_lora / reset_lora (the linear ones carry the slot weights).
+LAYER_MODULES = (
+    "vllm.lora.layers.base_linear",
+    "vllm.lora.layers.column_parallel_linear",
+    "vllm.lora.layers.row_parallel_linear",
+    "vllm.lora.layers.replicated_linear",
+)
 _LOGGED_ATTR = "_loradock_logged"
 
 
@@ -49,9 +56,7 @@ def patch_punica_wrapper(cls: Any, ops_module: Any) -> None:
         self._loradock_plan = lora_kernels.plan_segments(self.token_lora_indices)
         if not getattr(cls, _LOGGED_ATTR, False):
             setattr(cls, _LOGGED_ATTR, True)
-            log.info(
-                "loradock grouped LoRA ops active in pid %d (%s=vllm keeps vLLM's)", os.getpid(), ENV_VAR
-            )
+            log.info("loradock grouped LoRA ops active in pid %d (%s=vllm keeps vLLM's)", os.getpid(), ENV_VAR)
 
     def add_lora_linear(
         self: Any,
@@ -77,6 +82,29 @@ def patch_punica_wrapper(cls: Any, ops_module: Any) -> None:
     setattr(cls, _PATCHED_ATTR, True)
 
 
+def patch_lora_layers(layers_module: Any) -> None:
+    """Make every LoRA layer's ``set_lora`` / ``reset_lora`` tell the packer which slot it rewrote."""
+    import functools
+
+    def wrap(method: Any) -> Any:
+        @functools.wraps(method)
+        def marked(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
+            out = method(self, index, *args, **kwargs)
+            lora_kernels.mark_dirty(getattr(self, "lora_a_stacked", None), index)
+            return out
+
+        marked._loradock_marks = True  # type: ignore[attr-defined]
+        return marked
+
+    for obj in vars(layers_module).values():
+        if not isinstance(obj, type):
+            continue
+        for name in ("set_lora", "reset_lora"):
+            method = obj.__dict__.get(name)
+            if method is not None and not getattr(method, "_loradock_marks", False):
+                setattr(obj, name, wrap(method))
+
+
 def register() -> None:
     """Entry point named in pyproject (vllm.general_plugins); runs in every vLLM process."""
     if ops_mode() == "vllm":
@@ -85,4 +113,8 @@ def register() -> None:
     from vllm.lora.punica_wrapper import punica_cpu
 
     if not getattr(punica_cpu.PunicaWrapperCPU, _PATCHED_ATTR, False):
+        import importlib
+
         patch_punica_wrapper(punica_cpu.PunicaWrapperCPU, punica_cpu)
+        for module in LAYER_MODULES:
+            patch_lora_layers(importlib.import_module(module))

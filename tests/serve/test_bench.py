@@ -128,8 +128,10 @@ def test_peft_baseline_batched_decoding_matches_one_at_a_time(tmp_path: Path, ba
 
 
 @pytest.mark.engine
-def test_bench_runs_against_the_server(server, tmp_path: Path) -> None:
+def test_bench_runs_against_the_server(server, client, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    # One adapter more than the store holds: the bench tops the set up with a synthetic one, then removes it.
+    stored = [m.id for m in client.models.list().data if m.parent and (server.adapters_dir / m.id).is_dir()]
     cfg = BenchConfig(
         server=server.url,
         api_key=server.api_key,
@@ -137,7 +139,7 @@ def test_bench_runs_against_the_server(server, tmp_path: Path) -> None:
         concurrency=4,
         requests=4,
         max_tokens=4,
-        adapters=2,
+        adapters=len(stored) + 1,
         popularity="uniform",
         adapters_dir=server.adapters_dir,
         make_adapters=False,
@@ -158,5 +160,7 @@ def test_bench_runs_against_the_server(server, tmp_path: Path) -> None:
         assert stats["ttft_p50_ms"] > 0 and stats["itl_p50_ms"] > 0
     assert result["scenarios"]["base"]["peak_rss_mib"] > 100  # the server and its engine processes
     assert result["mixed_over_base"] > 0
+    assert result["setup"]["adapter_names"] == sorted(stored) + ["bench-00"]
+    assert not (server.adapters_dir / "bench-00").exists(), "the synthetic top-up must be removed after the run"
     assert set(result["targets"]) == set(bench_report.TARGETS)
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

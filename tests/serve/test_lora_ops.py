@@ -192,3 +192,61 @@ def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
     assert sum("grouped LoRA ops active" in r.message for r in caplog.records) == 1
     monkeypatch.delattr(cls, "_loradock_patched")
     monkeypatch.delattr(cls, "_loradock_logged")
+
+
+def _full_pack(a: tuple, b: tuple, slices: tuple) -> lora_kernels.PackedLoRA:
+    """A from-scratch pack of the same weights (on clones, so no cache or dirty mark is shared)."""
+    return lora_kernels.pack_lora(tuple(t.clone() for t in a), tuple(t.clone() for t in b), slices)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_incremental_repack_of_rewritten_slots_equals_a_full_pack(dtype: torch.dtype) -> None:
+    """Loading one adapter repacks only its slot (marked by vLLM's set_lora/reset_lora), with the same result."""
+    gen = torch.Generator().manual_seed(7)
+    slots, d_in, slices = 8, 32, (32, 8, 8)
+    a = tuple(torch.zeros(slots, 1, 16, d_in, dtype=dtype) for _ in slices)
+    b = tuple(torch.zeros(slots, 1, size, 16, dtype=dtype) for size in slices)
+
+    def set_slot(slot: int, rank: int, on: tuple[int, ...]) -> None:
+        for i in range(len(slices)):
+            a[i][slot].zero_()
+            b[i][slot].zero_()
+            if i in on:
+                a[i][slot, 0, :rank] = weights((rank, d_in), dtype, gen)
+                b[i][slot, 0, :, :rank] = weights((slices[i], rank), dtype, gen)
+        lora_kernels.mark_dirty(a, slot)
+
+    def same(got: lora_kernels.PackedLoRA, want: lora_kernels.PackedLoRA) -> None:
+        """Same live slots and the same per-slot delta (the layouts may differ: in place keeps the wider one)."""
+        assert got.live == want.live
+        for dt in (dtype, torch.float32):
+            (ga, gb), (wa, wb) = got.weights(dt), want.weights(dt)
+            torch.testing.assert_close(torch.bmm(ga.float(), gb.float()), torch.bmm(wa.float(), wb.float()))
+
+    set_slot(0, 8, (0, 2))
+    first = lora_kernels.pack_lora(a, b, slices)
+    set_slot(5, 4, (0, 2))  # a smaller adapter into a free slot: repacked in place
+    second = lora_kernels.pack_lora(a, b, slices)
+    assert second.a_t is first.a_t, "a slot that fits the layout is repacked in place"
+    same(second, _full_pack(a, b, slices))
+    set_slot(0, 0, ())  # vLLM's reset_lora: the slot goes back to zero and is no longer live
+    same(lora_kernels.pack_lora(a, b, slices), _full_pack(a, b, slices))
+    set_slot(3, 16, (1,))  # wider than the layout (a new slice, a higher rank): a full repack
+    wider = lora_kernels.pack_lora(a, b, slices)
+    assert wider.a_t is not first.a_t
+    same(wider, _full_pack(a, b, slices))
+
+
+def test_vllm_layers_mark_the_slot_they_rewrite() -> None:
+    """The plugin wraps vLLM's set_lora/reset_lora so the packer learns which slot changed."""
+    from vllm.lora.layers import base_linear
+
+    for module in lora_ops.LAYER_MODULES:
+        lora_ops.patch_lora_layers(__import__(module, fromlist=["_"]))
+    layer = object.__new__(base_linear.BaseLinearLayerWithLoRA)
+    layer.n_slices = 1
+    layer.lora_a_stacked = (torch.ones(4, 1, 2, 3),)
+    layer.lora_b_stacked = (torch.ones(4, 1, 3, 2),)
+    layer.reset_lora(2)
+    assert layer.lora_a_stacked[0]._loradock_dirty == {2}
+    assert not layer.lora_a_stacked[0][2].any() and layer.lora_a_stacked[0][1].all()
