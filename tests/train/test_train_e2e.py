@@ -117,6 +117,22 @@ def test_sft_resumes_from_the_last_checkpoint(cli, write_jsonl, tmp_path, base_i
     assert changed.exit_code == 2 and "trained with different ['lora_alpha', 'lora_r']" in changed.output
 
 
+def test_early_stopping_fires_when_validation_loss_turns_up(cli, write_jsonl, tmp_path):
+    """A learning rate far too high overfits and diverges: validation loss turns up, training stops early and
+    the adapter published is the best checkpoint, not the last one."""
+    data = write_jsonl("sft.jsonl", [chat(q, a) for q, a in TINY_QA])
+    args = ["train", "sft", "--data", data, "--name", "stopped", "--adapters-dir", tmp_path / "store",
+            "--output-dir", tmp_path / "ckpt", "--max-steps", "24", "--eval-steps", "1",
+            "--early-stopping-patience", "2", "--learning-rate", "0.05", *FAST]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    metrics = AdapterStore(tmp_path / "store").read_manifest("stopped").metrics
+    val = dict(metrics["val_loss"])
+    assert metrics["stopped_early"] is True and metrics["steps"] < 24
+    assert val[metrics["best_step"]] == min(val.values())
+    assert max(val) == metrics["best_step"] + 2, "stopped after `patience` evaluations without improvement"
+
+
 def test_qlora_nf4_trains_on_cpu(cli, write_jsonl, tmp_path, base_info):
     data = write_jsonl("sft.jsonl", [chat(q, a) for q, a in TINY_QA])
     result = cli(
