@@ -181,9 +181,14 @@ def _write(target: torch.Tensor, out: torch.Tensor | None, add: bool) -> None:
         target.copy_(out)
 
 
+def _slots(t: torch.Tensor) -> torch.Tensor:
+    """vLLM's stacked (slots, 1, a, b) weights as (slots, a, b); (slots, a, b) ones as they are."""
+    return t.squeeze(1) if t.dim() == 4 else t
+
+
 def _weights_t(w: torch.Tensor) -> torch.Tensor:
     """vLLM's stacked (slots, 1, out, in) or (slots, out, in) weights as (slots, in, out) views."""
-    return (w.squeeze(1) if w.dim() == 4 else w).transpose(1, 2)
+    return _slots(w).transpose(1, 2)
 
 
 def _live_slots(w: torch.Tensor) -> tuple[bool, ...]:
@@ -377,10 +382,6 @@ def _used_rank(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(nz.max()) + 1 if nz.numel() else 0
 
 
-def _slots(t: torch.Tensor) -> torch.Tensor:
-    return t.squeeze(1) if t.dim() == 4 else t
-
-
 def _live(a_t: torch.Tensor, b_t: torch.Tensor) -> list[bool]:
     return (a_t.flatten(1).ne(0).any(dim=1) & b_t.flatten(1).ne(0).any(dim=1)).tolist()
 
@@ -394,6 +395,25 @@ def mark_dirty(lora_a_stacked: Any, index: int) -> None:
             dirty = set()
             setattr(lora_a_stacked[0], _DIRTY_ATTR, dirty)
         dirty.add(int(index))
+
+
+def _fill(
+    a_t: torch.Tensor,
+    b_t: torch.Tensor,
+    idx: torch.Tensor | slice,
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+    output_slices: tuple[int, ...],
+    ranks: tuple[int, ...],
+) -> None:
+    """Write the slices' (a, b) weights of slots ``idx`` into the packed layout: each slice's first ``rank``
+    columns side by side in ``a_t``, and its block of ``b_t`` rows at the slice's output offset."""
+    col = offset = 0
+    for (a, b), size, rank in zip(parts, output_slices, ranks, strict=True):
+        if rank:
+            a_t[idx, :, col : col + rank] = a[:, :rank].transpose(1, 2)
+            b_t[idx, col : col + rank, offset : offset + size] = b[:, :, :rank].transpose(1, 2)
+            col += rank
+        offset += size
 
 
 def _repack_slots(
@@ -412,13 +432,7 @@ def _repack_slots(
     if any(_used_rank(a, b) > rank for (a, b), rank in zip(parts, cached.ranks, strict=True)):
         return None
     a_t, b_t = cached.a_t, cached.b_t
-    col = offset = 0
-    for (a, b), size, rank in zip(parts, output_slices, cached.ranks, strict=True):
-        if rank:
-            a_t[idx, :, col : col + rank] = a[:, :rank].transpose(1, 2)
-            b_t[idx, col : col + rank, offset : offset + size] = b[:, :, :rank].transpose(1, 2)
-            col += rank
-        offset += size
+    _fill(a_t, b_t, idx, parts, output_slices, cached.ranks)
     if cached.f32[0] is not a_t:  # a bfloat16 layer keeps float32 copies for decode-sized batches
         cached.f32[0][idx] = a_t[idx].float()
         cached.f32[1][idx] = b_t[idx].float()
@@ -452,27 +466,15 @@ def pack_lora(
             return packed
     if dirty:
         dirty.clear()
-    dtype = lora_a[0].dtype
     a0 = _slots(lora_a[0])
     slots, in_dim, width = a0.shape[0], a0.shape[-1], sum(output_slices)
-    a_parts, b_blocks, ranks, offset, cols = [], [], [], 0, 0
-    for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
-        a, b = _slots(a), _slots(b)[:, :size]
-        rank = _used_rank(a, b)
-        ranks.append(rank)
-        if rank:
-            a_parts.append(a[:, :rank])
-            b_blocks.append((cols, offset, b[:, :, :rank]))
-            cols += rank
-        offset += size
-    a_t = torch.zeros(slots, in_dim, cols, dtype=dtype)
-    b_t = torch.zeros(slots, cols, width, dtype=dtype)
-    if a_parts:
-        a_t.copy_(torch.cat(a_parts, dim=1).transpose(1, 2))
-    for col, off, b in b_blocks:
-        b_t[:, col : col + b.shape[2], off : off + b.shape[1]] = b.transpose(1, 2)
+    parts = [(_slots(a), _slots(b)[:, :size]) for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)]
+    ranks = tuple(_used_rank(a, b) for a, b in parts)
+    a_t = torch.zeros(slots, in_dim, sum(ranks), dtype=a0.dtype)
+    b_t = torch.zeros(slots, sum(ranks), width, dtype=a0.dtype)
+    _fill(a_t, b_t, slice(None), parts, output_slices, ranks)
     live = tuple(_live(a_t, b_t))
-    packed = PackedLoRA(key, a_t, b_t, live, width, (a_t.float(), b_t.float()), tuple(ranks))
+    packed = PackedLoRA(key, a_t, b_t, live, width, (a_t.float(), b_t.float()), ranks)
     setattr(lora_a[0], _PACK_ATTR, packed)
     return packed
 

@@ -239,10 +239,12 @@ def test_incremental_repack_of_rewritten_slots_equals_a_full_pack(dtype: torch.d
 
 def test_vllm_layers_mark_the_slot_they_rewrite() -> None:
     """The plugin wraps vLLM's set_lora/reset_lora so the packer learns which slot changed."""
+    import importlib
+
     from vllm.lora.layers import base_linear
 
     for module in lora_ops.LAYER_MODULES:
-        lora_ops.patch_lora_layers(__import__(module, fromlist=["_"]))
+        lora_ops.patch_lora_layers(importlib.import_module(module))
     layer = object.__new__(base_linear.BaseLinearLayerWithLoRA)
     layer.n_slices = 1
     layer.lora_a_stacked = (torch.ones(4, 1, 2, 3),)
