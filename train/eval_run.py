@@ -21,7 +21,7 @@ from loradock.train.tables import eval_examples, eval_scores, forgetting_table
 log = logging.getLogger(__name__)
 
 
-def approaches(base: str, adapter: str, rag_collection: str | None, rag_top_k: int = 2) -> list[Approach]:
+def approaches(base: str, adapter: str, rag_collection: str | None, rag_top_k: int) -> list[Approach]:
     """The lesson's ladder, cheapest first: prompting, RAG (the prompt plus passages), fine-tuning."""
     ladder = [
         Approach("base", "prompting: base as is", base),
@@ -52,7 +52,7 @@ def evaluate_all(
     threshold: float,
     max_tokens: int,
     concurrency: int,
-    rag_top_k: int = 2,
+    rag_top_k: int,
 ) -> dict[str, Any]:
     """Run everything against the server, print the tables and the verdict, return the numbers."""
     import openai
