@@ -90,7 +90,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from loradock.serve.bench_adapters import make_bench_adapters
+    from loradock.bench.adapters import make_bench_adapters
 
     names = make_bench_adapters(args.adapters_dir, BASE, args.adapters)
     llm = LLM(

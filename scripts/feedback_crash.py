@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from loradock.core.health import NotHealthy, wait_healthy
+from loradock.core.procs import NotHealthy, wait_healthy
 
 API, ADMIN = "crash-api", "crash-admin"
 

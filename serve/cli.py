@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from loradock.serve.bench import bench_cmd
-from loradock.serve.rag_cli import rag_app
+from loradock.bench.run import bench_cmd
+from loradock.rag.cli import rag_app
 
 __all__ = ["bench_cmd", "demo_cmd", "rag_app", "serve_cmd"]
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def serve_cmd(
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size, pinned_adapters=pin or None)
     from loradock.core.feedback import FeedbackStore
-    from loradock.serve.rag import RagStore
+    from loradock.rag.index import RagStore
 
     _check_port_free(settings.host, settings.port)  # before the engine starts, not after 30 s of loading
     app = create_app(settings, retriever=RagStore(settings.rag_dir), feedback=FeedbackStore(settings.db_url))
@@ -78,7 +78,7 @@ def demo_cmd(
     """Start the server (with the demo adapters and the demo RAG collection) and the UI together."""
     from rich.console import Console
 
-    from loradock.core.health import NotHealthy, wait_healthy
+    from loradock.core.procs import NotHealthy, wait_healthy
 
     console = Console()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server and the UI too, like Ctrl-C

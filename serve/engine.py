@@ -107,25 +107,9 @@ class VLLMEngine:
         self.tokenizer: Any = None
 
     def engine_args(self) -> Any:
-        from vllm.engine.arg_utils import AsyncEngineArgs
+        from loradock.core.engine_args import async_engine_args
 
-        s = self.settings
-        return AsyncEngineArgs(
-            model=str(s.base_model),
-            served_model_name=[s.served_base_name],
-            dtype=s.dtype,
-            enable_lora=True,
-            max_loras=s.max_loras,
-            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
-            max_lora_rank=s.max_lora_rank,
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            max_model_len=s.max_model_len,
-            max_num_seqs=s.max_num_seqs,
-            tensor_parallel_size=s.tensor_parallel_size,
-            pipeline_parallel_size=s.pipeline_parallel_size,
-            enforce_eager=s.enforce_eager,
-            disable_log_stats=True,
-        )
+        return async_engine_args(self.settings)
 
     async def start(self) -> None:
         from transformers import AutoTokenizer

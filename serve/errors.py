@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loradock.rag.errors import CollectionNotFound, RagError
+
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +71,12 @@ class Unavailable(APIError):
     type = "service_unavailable"
 
 
+def from_rag(exc: RagError) -> APIError:
+    """Retrieval's refusal as the API error a client sees (404 for a missing collection, else 400)."""
+    cls = NotFound if isinstance(exc, CollectionNotFound) else BadRequest
+    return cls(exc.message, param=exc.param, code=exc.code)
+
+
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
@@ -91,6 +99,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(RagError)
+    async def _rag_error(_: Request, exc: RagError) -> JSONResponse:
+        return error_response(from_rag(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

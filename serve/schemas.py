@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from loradock.rag.index import Passage
+
 
 class _Request(BaseModel):
     # Unknown OpenAI fields are ignored, as vLLM does, so newer clients keep working.
@@ -130,13 +132,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class Passage(BaseModel):
-    source: str
-    chunk: int
-    score: float
-    text: str
 
 
 def new_id(prefix: str) -> str:

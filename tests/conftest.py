@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loradock.core.health import NotHealthy, wait_healthy
+from loradock.core.procs import NotHealthy, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct"

@@ -195,8 +195,8 @@ def eval_cmd(
     output: Path | None = typer.Option(None, "--output", help="Also write the results as JSON here."),
 ) -> None:
     """Compare base, base + system prompt, RAG and an adapter on held-out prompts through the server."""
-    from loradock.train.eval_run import evaluate_all
-    from loradock.train.evaluate import EvalError, load_items
+    from loradock.evals.run import evaluate_all
+    from loradock.evals.scoring import EvalError, load_items
 
     try:
         items = load_items(data, metric, system)[:limit]

@@ -6,8 +6,8 @@ import statistics
 
 from rich.table import Table
 
+from loradock.evals.scoring import ApproachResult, EvalItem, Forgetting
 from loradock.train.data import KIND_LABELS, DataReport
-from loradock.train.evaluate import ApproachResult, EvalItem, Forgetting
 from loradock.train.plan import PRECISIONS, Plan, human
 
 MAX_PROBLEMS_SHOWN = 30

@@ -149,3 +149,30 @@ def test_health_is_503_until_the_engine_is_ready(seeded_store):
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
         time.sleep(0.8)
         assert tc.get("/health").status_code == 200
+
+
+class _Retriever:
+    """Refuses like the real RagStore does, so the HTTP mapping of retrieval's own errors is checked."""
+
+    def retrieve(self, collection: str, query: str, top_k: int):
+        from loradock.rag.errors import CollectionNotFound, RagError
+
+        if collection == "missing":
+            raise CollectionNotFound("RAG collection 'missing' not found", param="rag.collection",
+                                     code="collection_not_found")
+        raise RagError("invalid collection name", param="rag.collection", code="invalid_collection")
+
+
+@pytest.mark.parametrize(("collection", "status", "code"), [("missing", 404, "collection_not_found"),
+                                                             ("bad", 400, "invalid_collection")])
+def test_retrieval_refusals_map_to_openai_shaped_4xx(seeded_store, tmp_path, collection, status, code):
+    settings = Settings(base_model=BASE_MODEL, adapters_dir=seeded_store.root, api_key="k")
+    app = create_app(settings, engine=FakeEngine(AutoTokenizer.from_pretrained(str(BASE_MODEL))),
+                     retriever=_Retriever())
+    with TestClient(app) as tc:
+        deadline = time.monotonic() + 5
+        while not app.state.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = _chat(tc, "SmolLM2-135M-Instruct", rag={"collection": collection})
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code and r.json()["error"]["param"] == "rag.collection"

@@ -35,7 +35,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 @pytest.fixture(scope="module")
 def ui_url(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The faq collection indexed where the server reads it, and `loradock ui` running against the server."""
-    from loradock.serve.rag import RagStore
+    from loradock.rag.index import RagStore
 
     RagStore(server.rag_dir).index(FAQ_DOCS, "faq")
     port = free_port()

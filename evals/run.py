@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from loradock.train.evaluate import (
+from loradock.evals.scoring import (
     Approach,
     EvalItem,
     cheapest_that_works,

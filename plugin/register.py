@@ -6,9 +6,9 @@ The entry point ``vllm.general_plugins: loradock_lora_ops`` (pyproject.toml) mak
 
 - ``update_metadata`` (called when the step's row-to-adapter mapping changes) also groups the rows by
   adapter slot once, so the layers of that step do not;
-- ``add_lora_linear`` (every LoRA linear layer) runs :func:`loradock.serve.lora_kernels.lora_linear`;
+- ``add_lora_linear`` (every LoRA linear layer) runs :func:`loradock.plugin.packed.lora_linear`;
 - the ``bgmv_*`` / ``sgmv_*`` names the wrapper calls elsewhere (logits, embeddings) point at the grouped
-  ops of :mod:`loradock.serve.lora_kernels`.
+  ops of :mod:`loradock.plugin.ops`.
 
 ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU wrapper is patched; GPU builds use their own
 Triton kernels and are unaffected.
@@ -20,7 +20,7 @@ import logging
 import os
 from typing import Any
 
-from loradock.serve import lora_kernels
+from loradock.plugin import ops, packed, plan
 
 # vLLM configures handlers for its own logger tree only; a child of it shows up in the engine's log.
 log = logging.getLogger("vllm.loradock_lora_ops")
@@ -53,7 +53,7 @@ def patch_punica_wrapper(cls: Any, ops_module: Any) -> None:
 
     def update_metadata(self: Any, mapping: Any, *args: Any, **kwargs: Any) -> None:
         original_update(self, mapping, *args, **kwargs)
-        self._loradock_plan = lora_kernels.plan_segments(self.token_lora_indices)
+        self._loradock_plan = plan.plan_segments(self.token_lora_indices)
         if not getattr(cls, _LOGGED_ATTR, False):
             setattr(cls, _LOGGED_ATTR, True)
             log.info("loradock grouped LoRA ops active in pid %d (%s=vllm keeps vLLM's)", os.getpid(), ENV_VAR)
@@ -68,17 +68,17 @@ def patch_punica_wrapper(cls: Any, ops_module: Any) -> None:
         output_slices: tuple[int, ...],
         **kwargs: Any,
     ) -> None:
-        plan = getattr(self, "_loradock_plan", None)
+        step_plan = getattr(self, "_loradock_plan", None)
         x2, y2 = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
-        if plan is None or not plan.num_rows == x2.shape[0] == y2.shape[0]:
+        if step_plan is None or not step_plan.num_rows == x2.shape[0] == y2.shape[0]:
             original_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs)
             return
-        lora_kernels.lora_linear(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan)
+        packed.lora_linear(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, step_plan)
 
     cls.update_metadata = update_metadata
     cls.add_lora_linear = add_lora_linear
-    for name in lora_kernels.OPS:
-        setattr(ops_module, name, getattr(lora_kernels, name))
+    for name in ops.OPS:
+        setattr(ops_module, name, getattr(ops, name))
     setattr(cls, _PATCHED_ATTR, True)
 
 
@@ -90,7 +90,7 @@ def patch_lora_layers(layers_module: Any) -> None:
         @functools.wraps(method)
         def marked(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
             out = method(self, index, *args, **kwargs)
-            lora_kernels.mark_dirty(getattr(self, "lora_a_stacked", None), index)
+            packed.mark_dirty(getattr(self, "lora_a_stacked", None), index)
             return out
 
         marked._loradock_marks = True  # type: ignore[attr-defined]

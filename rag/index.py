@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from loradock.core.manifest import NAME_RE
-from loradock.serve.errors import BadRequest, NotFound
-from loradock.serve.schemas import Passage
+from loradock.rag.errors import CollectionNotFound, RagError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ OVERLAP_TOKENS = 40
 EMBED_BATCH = 32
 # Chunks end at line breaks or after sentence punctuation when they can.
 _BOUNDARY = re.compile(r"\n|(?<=[.!?;:])\s+")
+
+
+class Passage(BaseModel):
+    """A retrieved chunk as the API returns it: where it came from, its similarity and its text."""
+
+    source: str
+    chunk: int
+    score: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -57,9 +66,9 @@ class _Index:
 
 
 def check_collection(name: str) -> str:
-    """Return ``name`` if it is a valid collection name, else raise BadRequest saying the rule."""
+    """Return ``name`` if it is a valid collection name, else raise RagError saying the rule."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise BadRequest(f"invalid collection name {name!r}: use 1-64 characters from a-z, 0-9, '.', '_', "
+        raise RagError(f"invalid collection name {name!r}: use 1-64 characters from a-z, 0-9, '.', '_', "
                          "'-', starting with a letter or digit", param="rag.collection",
                          code="invalid_collection")
     return name
@@ -80,7 +89,7 @@ def find_documents(src: Path) -> list[Path]:
     if src.is_file():
         return [src] if src.suffix.lower() in SUFFIXES else []
     if not src.is_dir():
-        raise BadRequest(f"{src}: no such file or folder; give a folder of {', '.join(SUFFIXES)} files")
+        raise RagError(f"{src}: no such file or folder; give a folder of {', '.join(SUFFIXES)} files")
     return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(src).parts))
 
@@ -193,7 +202,7 @@ class RagStore:
         src = Path(src)
         docs = find_documents(src)
         if not docs:
-            raise BadRequest(f"{src}: no {', '.join(SUFFIXES)} files found to index")
+            raise RagError(f"{src}: no {', '.join(SUFFIXES)} files found to index")
         tokenizer = self.tokenizer
         chunks: list[Chunk] = []
         for doc in docs:
@@ -203,7 +212,7 @@ class RagStore:
                 log.warning("%s: no text extracted; skipped", doc)
             chunks.extend(Chunk(source, i, t) for i, t in enumerate(texts))
         if not chunks:
-            raise BadRequest(f"{src}: the files hold no text to index")
+            raise RagError(f"{src}: the files hold no text to index")
         return chunks
 
     def sources_digest(self, src: Path) -> str:
@@ -262,7 +271,7 @@ class RagStore:
             st = path.stat()
         except FileNotFoundError:
             existing = self.collections()
-            raise NotFound(
+            raise CollectionNotFound(
                 f"RAG collection {collection!r} not found; existing collections: "
                 f"{', '.join(existing) if existing else '(none)'}. "
                 f"Index one with `loradock rag index DIR --collection {collection}`",
@@ -278,14 +287,14 @@ class RagStore:
     def retrieve(self, collection: str, query: str, top_k: int = 4) -> list[Passage]:
         """The ``top_k`` chunks of ``collection`` most similar to ``query`` (cosine), best first."""
         if top_k < 1:
-            raise BadRequest("rag.top_k must be at least 1", param="rag.top_k")
+            raise RagError("rag.top_k must be at least 1", param="rag.top_k")
         idx = self._load(collection)
         if not query.strip():
-            raise BadRequest("there is no question to retrieve for: the last user message is empty",
+            raise RagError("there is no question to retrieve for: the last user message is empty",
                              param="messages")
         q = self.embed([query])[0]
         if q.shape[0] != idx.vectors.shape[1]:
-            raise BadRequest(f"collection {collection!r} was indexed with another embedding model "
+            raise RagError(f"collection {collection!r} was indexed with another embedding model "
                              f"({idx.meta.get('model')}); index it again", param="rag.collection")
         scores = idx.vectors @ q
         k = min(top_k, len(scores))

@@ -11,7 +11,8 @@ from vllm.lora.ops.torch_ops import lora_ops as vllm_ops
 from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.utils import compute_meta
 
-from loradock.serve import lora_kernels, lora_ops
+from loradock.plugin import ops, packed, plan
+from loradock.plugin import register as lora_ops
 
 DTYPES = [torch.float32, torch.bfloat16]
 RANKS = [1, 5, 8, 16]
@@ -47,7 +48,7 @@ def test_bgmv_ops_match_vllm(dtype: torch.dtype, rank: int, with_base: bool) -> 
 
     expected, got = torch.full((rows, rank), 9.0), torch.full((rows, rank), 9.0)
     vllm_ops.bgmv_shrink(x, a, expected, idx, 0.5)
-    lora_kernels.bgmv_shrink(x, a, got, idx, 0.5)
+    ops.bgmv_shrink(x, a, got, idx, 0.5)
     torch.testing.assert_close(got, expected, **tol(dtype))
 
     h = torch.randn(rows, rank, generator=gen).to(dtype)
@@ -55,13 +56,13 @@ def test_bgmv_ops_match_vllm(dtype: torch.dtype, rank: int, with_base: bool) -> 
         expected = torch.randn(rows, d_out + 30, generator=gen).to(dtype)
         got = expected.clone()
         vllm_ops.bgmv_expand_slice(h, b, expected, idx, 17, d_out, add)
-        lora_kernels.bgmv_expand_slice(h, b, got, idx, 17, d_out, add)
+        ops.bgmv_expand_slice(h, b, got, idx, 17, d_out, add)
         torch.testing.assert_close(got, expected, **tol(dtype))
 
         expected = torch.randn(rows, d_out, generator=gen).to(dtype)
         got = expected.clone()
         vllm_ops.bgmv_expand(h, b, expected, idx, add)
-        lora_kernels.bgmv_expand(h, b, got, idx, add)
+        ops.bgmv_expand(h, b, got, idx, add)
         torch.testing.assert_close(got, expected, **tol(dtype))
 
 
@@ -79,20 +80,20 @@ def test_sgmv_ops_match_vllm(dtype: torch.dtype, rank: int) -> None:
 
     expected, got = torch.zeros(idx.numel(), rank), torch.zeros(idx.numel(), rank)
     vllm_ops.sgmv_shrink(x, a, expected, *meta, 2.0)
-    lora_kernels.sgmv_shrink(x, a, got, *meta, 2.0)
+    ops.sgmv_shrink(x, a, got, *meta, 2.0)
     torch.testing.assert_close(got, expected, **tol(dtype))
 
     h = expected.to(dtype)
     expected = torch.randn(idx.numel(), d_out + 8, generator=gen).to(dtype)
     got = expected.clone()
     vllm_ops.sgmv_expand_slice(h, b, expected, *meta, 8, d_out, True)
-    lora_kernels.sgmv_expand_slice(h, b, got, *meta, 8, d_out, True)
+    ops.sgmv_expand_slice(h, b, got, *meta, 8, d_out, True)
     torch.testing.assert_close(got, expected, **tol(dtype))
 
     expected = torch.randn(idx.numel(), d_out, generator=gen).to(dtype)
     got = expected.clone()
     vllm_ops.sgmv_expand(h, b, expected, *meta, False)
-    lora_kernels.sgmv_expand(h, b, got, *meta, False)
+    ops.sgmv_expand(h, b, got, *meta, False)
     torch.testing.assert_close(got, expected, **tol(dtype))
 
 
@@ -104,7 +105,7 @@ def test_rows_without_adapter_get_no_delta() -> None:
     x = torch.randn(3, 8, generator=gen)
     stock, grouped = torch.zeros(3, 4), torch.zeros(3, 4)
     vllm_ops.bgmv_shrink(x, a, stock, idx)
-    lora_kernels.bgmv_shrink(x, a, grouped, idx)
+    ops.bgmv_shrink(x, a, grouped, idx)
     torch.testing.assert_close(stock[1], x[1] @ a[1, 0].T)
     assert torch.count_nonzero(grouped[1]) == 0
     torch.testing.assert_close(grouped[[0, 2]], stock[[0, 2]])
@@ -158,18 +159,18 @@ def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_b
 
 
 def test_plan_groups_rows_by_slot() -> None:
-    plan = lora_kernels.plan_segments(torch.tensor([2, -1, 0, 2, 0, 0]))
-    slots = sorted(slot for slot, _, _ in plan.segments)
+    step = plan.plan_segments(torch.tensor([2, -1, 0, 2, 0, 0]))
+    slots = sorted(slot for slot, _, _ in step.segments)
     assert slots == [0, 2]
-    assert plan.num_rows == 6
-    assert plan.no_adapter is not None and plan.no_adapter.flatten().tolist() == [0, 1, 0, 0, 0, 0]
+    assert step.num_rows == 6
+    assert step.no_adapter is not None and step.no_adapter.flatten().tolist() == [0, 1, 0, 0, 0, 0]
 
 
 def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     cls = punica_cpu.PunicaWrapperCPU
     for name in ("update_metadata", "add_lora_linear"):
         monkeypatch.setattr(cls, name, getattr(cls, name))
-    for name in lora_kernels.OPS:
+    for name in ops.OPS:
         monkeypatch.setattr(punica_cpu, name, getattr(punica_cpu, name))
     monkeypatch.delattr(cls, "_loradock_patched", raising=False)
 
@@ -183,7 +184,7 @@ def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
 
     monkeypatch.delenv(lora_ops.ENV_VAR)
     lora_ops.register()
-    assert punica_cpu.bgmv_shrink is lora_kernels.bgmv_shrink
+    assert punica_cpu.bgmv_shrink is ops.bgmv_shrink
     wrapper = cls(64, 8, "cpu")
     monkeypatch.delattr(cls, "_loradock_logged", raising=False)
     with caplog.at_level("INFO", logger="vllm.loradock_lora_ops"):
@@ -194,9 +195,9 @@ def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
     monkeypatch.delattr(cls, "_loradock_logged")
 
 
-def _full_pack(a: tuple, b: tuple, slices: tuple) -> lora_kernels.PackedLoRA:
+def _full_pack(a: tuple, b: tuple, slices: tuple) -> packed.PackedLoRA:
     """A from-scratch pack of the same weights (on clones, so no cache or dirty mark is shared)."""
-    return lora_kernels.pack_lora(tuple(t.clone() for t in a), tuple(t.clone() for t in b), slices)
+    return packed.pack_lora(tuple(t.clone() for t in a), tuple(t.clone() for t in b), slices)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -214,9 +215,9 @@ def test_incremental_repack_of_rewritten_slots_equals_a_full_pack(dtype: torch.d
             if i in on:
                 a[i][slot, 0, :rank] = weights((rank, d_in), dtype, gen)
                 b[i][slot, 0, :, :rank] = weights((slices[i], rank), dtype, gen)
-        lora_kernels.mark_dirty(a, slot)
+        packed.mark_dirty(a, slot)
 
-    def same(got: lora_kernels.PackedLoRA, want: lora_kernels.PackedLoRA) -> None:
+    def same(got: packed.PackedLoRA, want: packed.PackedLoRA) -> None:
         """Same live slots and the same per-slot delta (the layouts may differ: in place keeps the wider one)."""
         assert got.live == want.live
         for dt in (dtype, torch.float32):
@@ -224,15 +225,15 @@ def test_incremental_repack_of_rewritten_slots_equals_a_full_pack(dtype: torch.d
             torch.testing.assert_close(torch.bmm(ga.float(), gb.float()), torch.bmm(wa.float(), wb.float()))
 
     set_slot(0, 8, (0, 2))
-    first = lora_kernels.pack_lora(a, b, slices)
+    first = packed.pack_lora(a, b, slices)
     set_slot(5, 4, (0, 2))  # a smaller adapter into a free slot: repacked in place
-    second = lora_kernels.pack_lora(a, b, slices)
+    second = packed.pack_lora(a, b, slices)
     assert second.a_t is first.a_t, "a slot that fits the layout is repacked in place"
     same(second, _full_pack(a, b, slices))
     set_slot(0, 0, ())  # vLLM's reset_lora: the slot goes back to zero and is no longer live
-    same(lora_kernels.pack_lora(a, b, slices), _full_pack(a, b, slices))
+    same(packed.pack_lora(a, b, slices), _full_pack(a, b, slices))
     set_slot(3, 16, (1,))  # wider than the layout (a new slice, a higher rank): a full repack
-    wider = lora_kernels.pack_lora(a, b, slices)
+    wider = packed.pack_lora(a, b, slices)
     assert wider.a_t is not first.a_t
     same(wider, _full_pack(a, b, slices))
 

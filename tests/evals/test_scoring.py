@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loradock.train.evaluate import (
+from loradock.evals.scoring import (
     Approach,
     ApproachResult,
     EvalError,

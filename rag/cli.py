@@ -15,7 +15,7 @@ RagDirOpt = typer.Option(None, "--rag-dir", help="Collections root (default: LOR
 
 def _store(config: Path | None, rag_dir: Path | None):  # noqa: ANN202 - RagStore is imported lazily
     from loradock.core.settings import load_settings
-    from loradock.serve.rag import RagStore
+    from loradock.rag.index import RagStore
 
     return RagStore(load_settings(config, rag_dir=rag_dir).rag_dir)
 
@@ -39,7 +39,7 @@ def index_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from loradock.serve.errors import APIError
+    from loradock.rag.errors import RagError
 
     store = _store(config, rag_dir)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -48,7 +48,7 @@ def index_cmd(
         try:
             stats = store.index(src, collection, force=force, progress=lambda done, total: progress.update(
                 task, completed=done, total=total))
-        except APIError as e:
+        except RagError as e:
             _fail(e.message)
     if stats["unchanged"]:
         typer.echo(f"collection {collection!r} is up to date ({stats['chunks']} chunks from {stats['files']} "
@@ -90,11 +90,11 @@ def query_cmd(
     config: Path | None = ConfigOpt,
 ) -> None:
     """Show the passages the server would put into the prompt for this question."""
-    from loradock.serve.errors import APIError
+    from loradock.rag.errors import RagError
 
     try:
         passages = _store(config, rag_dir).retrieve(collection, question, top_k)
-    except APIError as e:
+    except RagError as e:
         _fail(e.message)
     if as_json:
         typer.echo(json.dumps([p.model_dump() for p in passages], indent=2))

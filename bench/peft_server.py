@@ -10,7 +10,7 @@ Both stream tokens as server-sent events, one chunk per decoded token, and honou
 vLLM ``ignore_eos`` extension, so the bench measures TTFT and inter-token latency the same way for every
 server. Greedy decoding only (the bench sends temperature 0).
 
-    python -m loradock.serve.bench_peft_server --mode batched --port 8101 --adapter bench-00=adapters/bench-00
+    python -m loradock.bench.peft_server --mode batched --port 8101 --adapter bench-00=adapters/bench-00
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Checks that no request gets a 5xx other than a clean 503, that every stream eith
 `data: [DONE]` or is refused cleanly (429/503), and that server memory stays flat. Prints a JSON report and
 exits 1 if a check fails.
 
-    python scripts/loadtest.py --server http://127.0.0.1:8000 --clients 200 --duration 120
-    python scripts/loadtest.py --server http://127.0.0.1:8000 --quick      # 40 clients, 20 s
+    python -m loradock.bench.loadtest --server http://127.0.0.1:8000 --clients 200 --duration 120
+    python -m loradock.bench.loadtest --server http://127.0.0.1:8000 --quick      # 40 clients, 20 s
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main() -> int:
     if args.quick:
         args.clients, args.duration = 40, 20
     report = asyncio.run(run(args))
-    print(json.dumps(report, indent=2))
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0 if report["ok"] else 1
 
 

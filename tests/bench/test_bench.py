@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loradock.serve import bench_report
-from loradock.serve.bench import BenchConfig, run_bench
-from loradock.serve.bench_load import RequestResult, choose_models, percentile, summarize
+from loradock.bench import report as bench_report
+from loradock.bench.load import RequestResult, choose_models, percentile, summarize
+from loradock.bench.run import BenchConfig, run_bench
 from tests.conftest import BASE_MODEL
 
 
@@ -97,9 +97,9 @@ def test_config_errors_name_the_flag(tmp_path: Path) -> None:
 
 def test_peft_baseline_batched_decoding_matches_one_at_a_time(tmp_path: Path, base_info) -> None:
     """The batched PEFT baseline (left padding) produces the same greedy tokens as one request at a time."""
+    from loradock.bench.peft_server import DONE, Decoder, Job
     from loradock.core.store import AdapterStore
     from loradock.core.synthetic import make_synthetic_adapters
-    from loradock.serve.bench_peft_server import DONE, Decoder, Job
 
     store = AdapterStore(tmp_path / "store")
     make_synthetic_adapters(store, base_info, ["peft-a"])

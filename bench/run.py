@@ -28,6 +28,8 @@ from typing import Any
 
 import typer
 
+from loradock.core.engine_args import engine_kwargs
+
 log = logging.getLogger(__name__)
 
 
@@ -103,8 +105,8 @@ def _pick_adapters(cfg: BenchConfig, base: str, listed: list[dict]) -> tuple[lis
     synthetic rank-8 ones top the set up for this run only. ``--make-adapters`` uses synthetic ones throughout
     and keeps them.
     """
+    from loradock.bench.adapters import SYNTHETIC_PREFIX, make_bench_adapters
     from loradock.core.settings import load_settings
-    from loradock.serve.bench_adapters import SYNTHETIC_PREFIX, make_bench_adapters
 
     settings = load_settings(cfg.config)
     if cfg.make_adapters:
@@ -133,34 +135,22 @@ def _pick_adapters(cfg: BenchConfig, base: str, listed: list[dict]) -> tuple[lis
     return served + synthetic, created
 
 
-def _engine_config(cfg: BenchConfig, base: str) -> Any:
+def _engine_settings(cfg: BenchConfig, base: str) -> Any:
+    """The server's settings, which the vLLM baseline's engine arguments are built from."""
     from loradock.core.settings import load_settings
-    from loradock.serve.bench_baselines import EngineConfig
 
-    s = load_settings(cfg.config)
-    return EngineConfig(
-        base_model=s.base_model,
-        served_name=base,
-        dtype=s.dtype,
-        max_loras=s.max_loras,
-        max_cpu_loras=s.max_cpu_loras,
-        max_lora_rank=s.max_lora_rank,
-        max_num_seqs=s.max_num_seqs,
-        max_model_len=s.max_model_len,
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        kv_cache_space_gib=s.kv_cache_space_gib,
-    )
+    return load_settings(cfg.config, base_model_name=base)
 
 
 def _warm(url: str, models: list[str], api_key: str | None) -> None:
-    from loradock.serve.bench_load import measure
+    from loradock.bench.load import measure
 
     measure(url, list(dict.fromkeys(models)), 8, 2, api_key)
 
 
 def _best_of(cfg: BenchConfig, pid: int | None, loads: dict[str, list[str]]) -> dict[str, dict]:
     """Run the loads interleaved ``cfg.rounds`` times; keep each one's round with the best throughput."""
-    from loradock.serve.bench_load import measure
+    from loradock.bench.load import measure
 
     best: dict[str, dict] = {}
     for r in range(cfg.rounds):
@@ -174,8 +164,8 @@ def _best_of(cfg: BenchConfig, pid: int | None, loads: dict[str, list[str]]) -> 
 
 def _cold(cfg: BenchConfig, source: str) -> dict:
     """Publish fresh copies of ``source`` and time each one's first request (its hot load)."""
-    from loradock.serve.bench_adapters import publish_copies, remove_adapters
-    from loradock.serve.bench_load import measure, percentile
+    from loradock.bench.adapters import publish_copies, remove_adapters
+    from loradock.bench.load import measure, percentile
 
     tag = uuid.uuid4().hex[:6]
     names = [f"bench-cold-{tag}-{i}" for i in range(cfg.cold_samples)]
@@ -195,8 +185,8 @@ def _cold(cfg: BenchConfig, source: str) -> dict:
 
 def _rotation(cfg: BenchConfig, source: str, pid: int | None) -> dict[str, dict]:
     """The same load on one adapter, then rotating over ``cfg.rotation`` distinct copies."""
-    from loradock.serve.bench_adapters import publish_copies, remove_adapters
-    from loradock.serve.bench_load import measure
+    from loradock.bench.adapters import publish_copies, remove_adapters
+    from loradock.bench.load import measure
 
     names = [f"bench-rot-{i:02d}" for i in range(cfg.rotation)]
     n = max(cfg.requests, cfg.rotation)
@@ -218,8 +208,8 @@ def _rotation(cfg: BenchConfig, source: str, pid: int | None) -> dict[str, dict]
 
 
 def _baseline(cfg: BenchConfig, kind: str, engine: Any, adapters: list[str], mixed: list[str]) -> dict:
-    from loradock.serve import bench_baselines as bl
-    from loradock.serve.bench_load import measure
+    from loradock.bench import baselines as bl
+    from loradock.bench.load import measure
 
     dirs = {name: (cfg.adapters_dir / name).resolve() for name in adapters}
     logs = cfg.json_path.parent / f"{cfg.json_path.stem}-logs"
@@ -237,7 +227,7 @@ def _baseline(cfg: BenchConfig, kind: str, engine: Any, adapters: list[str], mix
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the selected scenarios; return the result (also written to ``cfg.json_path`` with a chart)."""
 
-    from loradock.serve.bench_load import server_pid
+    from loradock.bench.load import server_pid
 
     listed = _models(cfg.server, cfg.api_key)
     base = next((m["id"] for m in listed if not m.get("parent")), None)
@@ -251,7 +241,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         return _run_scenarios(cfg, base, pid, want, adapters)
     finally:
         if created:
-            from loradock.serve.bench_adapters import remove_adapters
+            from loradock.bench.adapters import remove_adapters
 
             remove_adapters(cfg.adapters_dir, created)
 
@@ -259,11 +249,11 @@ def run_bench(cfg: BenchConfig) -> dict:
 def _run_scenarios(cfg: BenchConfig, base: str, pid: int | None, want: set[str], adapters: list[str]) -> dict:
     import psutil
 
-    from loradock.serve import bench_report
-    from loradock.serve.bench_load import choose_models
+    from loradock.bench import report as bench_report
+    from loradock.bench.load import choose_models
 
     mixed = choose_models(adapters, cfg.requests, cfg.popularity) if adapters else []
-    engine = _engine_config(cfg, base)
+    engine = _engine_settings(cfg, base)
     result: dict[str, Any] = {
         "setup": {
             **{k: v for k, v in asdict(cfg).items() if not isinstance(v, Path)},
@@ -271,7 +261,7 @@ def _run_scenarios(cfg: BenchConfig, base: str, pid: int | None, want: set[str],
             "adapter_names": adapters,
             "base": base,
             "server_pid": pid,
-            "engine": {k: str(v) for k, v in asdict(engine).items()},
+            "engine": {k: str(v) for k, v in engine_kwargs(engine).items()},
         },
         "machine": {
             "cpus": os.cpu_count(),
@@ -357,7 +347,7 @@ def bench_cmd(
     table = Table(title=f"loradock bench -> {json_path}")
     for col in ("ratio", "value", "target", "verdict"):
         table.add_column(col)
-    from loradock.serve.bench_report import TARGETS
+    from loradock.bench.report import TARGETS
 
     for key, (op, threshold) in TARGETS.items():
         table.add_row(key, str(result.get(key)), f"{op} {threshold:g}", result["targets"][key])

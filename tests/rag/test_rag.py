@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loradock.serve.errors import BadRequest, NotFound
-from loradock.serve.rag import INDEX_FILE, RagStore, chunk_text
+from loradock.rag.errors import CollectionNotFound, RagError
+from loradock.rag.index import INDEX_FILE, RagStore, chunk_text
 
 FAQ_DOCS = Path(__file__).resolve().parents[2] / "data" / "faq_docs"
 
@@ -121,24 +121,24 @@ def test_unchanged_documents_keep_the_index_unless_forced(store: RagStore, tmp_p
     assert index_file.stat().st_mtime_ns != before
 
 
-def test_unknown_collection_is_404_listing_the_existing_ones(store: RagStore, docs: Path) -> None:
+def test_unknown_collection_is_refused_listing_the_existing_ones(store: RagStore, docs: Path) -> None:
     store.index(docs, "zephyr")
-    with pytest.raises(NotFound) as err:
+    with pytest.raises(CollectionNotFound) as err:
         store.retrieve("no-such", "warranty", 4)
-    assert err.value.status == 404
+    assert err.value.code == "collection_not_found" and err.value.param == "rag.collection"
     assert "zephyr" in err.value.message and "loradock rag index" in err.value.message
 
 
 @pytest.mark.parametrize("name", ["../etc", "Faq", "", "a" * 65, "has space"])
-def test_invalid_collection_name_is_400(store: RagStore, name: str) -> None:
-    with pytest.raises(BadRequest) as err:
+def test_invalid_collection_name_is_refused(store: RagStore, name: str) -> None:
+    with pytest.raises(RagError) as err:
         store.retrieve(name, "warranty", 4)
-    assert err.value.status == 400 and "collection name" in err.value.message
+    assert not isinstance(err.value, CollectionNotFound) and "collection name" in err.value.message
 
 
 def test_index_refuses_a_folder_without_documents(store: RagStore, tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(BadRequest, match="no .txt, .md"):
+    with pytest.raises(RagError, match="no .txt, .md"):
         store.index(tmp_path, "empty")
     assert "empty" not in store.collections()
 

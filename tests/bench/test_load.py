@@ -1,4 +1,4 @@
-"""The quick load test (scripts/loadtest.py --quick) against the shared real server: no 5xx, flat memory."""
+"""The quick load test (`python -m loradock.bench.loadtest --quick`) on the shared server: no 5xx, flat memory."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-
 pytestmark = pytest.mark.engine
 
 
 def test_quick_load_has_no_server_errors_and_flat_memory(server):
-    out = subprocess.run([sys.executable, str(REPO / "scripts/loadtest.py"), "--server", server.url,
+    out = subprocess.run([sys.executable, "-m", "loradock.bench.loadtest", "--server", server.url,
                           "--api-key", server.api_key, "--quick"], capture_output=True, text=True, timeout=300)
     report = json.loads(out.stdout)
     assert report["server_5xx"] == 0 and report["errors"] == [], report
