@@ -16,7 +16,7 @@ from loradock.evals.scoring import (
     run_approach,
     served_models,
 )
-from loradock.train.tables import eval_examples, eval_scores, forgetting_table
+from loradock.evals.tables import eval_examples, eval_scores, forgetting_table
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loradock.evals.cli import eval_cmd
 from loradock.serve.cli import bench_cmd, demo_cmd, rag_app, serve_cmd
-from loradock.train.cli import data_app, eval_cmd, train_app
-from loradock.ui.cli import export_cmd, ui_cmd
+from loradock.train.cli import train_app
+from loradock.train.data_cli import data_app
+from loradock.ui.cli import ui_cmd
 
 app = typer.Typer(
     help="loradock: one base LLM, many hot-swappable LoRA adapters.",
@@ -24,7 +26,6 @@ model_app = typer.Typer(help="The base model: materialize the embedded one, show
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(model_app, name="model")
 app.add_typer(train_app, name="train")
-data_app.command("export")(export_cmd)
 app.add_typer(data_app, name="data")
 app.add_typer(rag_app, name="rag")
 app.command("serve")(serve_cmd)

@@ -1,9 +1,8 @@
-"""`loradock ui` (the Gradio app) and `loradock data export` (preference pairs for DPO)."""
+"""`loradock ui`: the Gradio app, run against a running loradock server."""
 
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -12,10 +11,6 @@ log = logging.getLogger(__name__)
 ConfigOpt = typer.Option(None, "--config", help="YAML settings file (keys as in core/settings.py).")
 DbOpt = typer.Option(None, "--db-url", help="SQLAlchemy URL of the preference database "
                                             "(default: LORADOCK_DB_URL or sqlite:///var/loradock.db).")
-
-
-class ExportFormat(StrEnum):
-    dpo_jsonl = "dpo-jsonl"
 
 
 def _secret(value: object) -> str | None:
@@ -49,25 +44,3 @@ def ui_cmd(
                     settings.db_url, settings.adapters_dir, collection)
     typer.echo(f"loradock UI on http://{host}:{port} (server {url})")
     launch(demo, host, port, share)
-
-
-def export_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="File to write (replaced atomically)."),
-    fmt: ExportFormat = typer.Option(ExportFormat.dpo_jsonl, "--format", help="Only dpo-jsonl for now."),
-    model: str | None = typer.Option(None, "--model", help="Only pairs where either side is this model."),
-    annotator: str | None = typer.Option(None, "--annotator", help="Only pairs by this annotator."),
-    db_url: str | None = DbOpt,
-    config: Path | None = ConfigOpt,
-) -> None:
-    """Export preference pairs as TRL conversational rows (prompt/chosen/rejected) for `loradock train dpo`.
-
-    Ties and both-bad votes stay in the database and are not exported.
-    """
-    from loradock.core.feedback import FeedbackStore
-    from loradock.core.settings import load_settings
-
-    settings = load_settings(config, db_url=db_url)
-    with FeedbackStore(settings.db_url) as store:
-        rows = store.export_dpo_jsonl(out, model=model, annotator=annotator)
-        total = store.count()
-    typer.echo(f"wrote {rows} pairs to {out} ({fmt.value}; {total - rows} other records not exported)")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from loradock.cli import app
@@ -25,10 +26,15 @@ def test_only_the_loradock_namespace_is_installed(tmp_path):
     assert template_file == str(REPO / "core" / "template.py") and app_file == str(REPO / "serve" / "app.py")
 
 
-COMMANDS = [[], ["serve"], ["ui"], ["demo"], ["bench"], ["eval"], ["adapters"], ["adapters", "list"],
-            ["adapters", "show"], ["adapters", "validate"], ["adapters", "remove"], ["model"],
-            ["model", "materialize"], ["model", "info"], ["train"], ["train", "sft"], ["train", "dpo"],
-            ["train", "plan"], ["data"], ["data", "check"], ["data", "export"], ["rag"], ["rag", "index"]]
+def _commands(group: object, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and group of the CLI, read from the Typer app itself (no hand-kept list)."""
+    out = [list(path)]
+    for name, sub in getattr(group, "commands", {}).items():
+        out += _commands(sub, (*path, name))
+    return out
+
+
+COMMANDS = _commands(typer.main.get_command(app))
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "loradock")

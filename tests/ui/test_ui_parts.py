@@ -1,18 +1,14 @@
-"""UI logic that needs no browser: comparison plan, vote records, tables, and `loradock data export`."""
+"""UI logic that needs no browser: comparison plan, vote records, tables."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import typer
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
 from loradock.core.feedback import FeedbackStore
 from loradock.ui.adapters_tab import models_frame
-from loradock.ui.cli import export_cmd
 from loradock.ui.compare_tab import MAX_ADAPTER_COLUMNS, passages_markdown, plan_sides, preference
 from loradock.ui.data_tab import records_frame, win_rate_frame
 
@@ -96,22 +92,6 @@ def test_win_rate_frame_is_numeric_even_when_empty() -> None:
     # An object-typed column makes Gradio plot win rates as categories.
     frame = win_rate_frame({})
     assert frame.empty and str(frame["win_rate"].dtype) == "float64" and str(frame["games"].dtype) == "int64"
-
-
-def test_data_export_command_writes_only_pairs(tmp_path: Path) -> None:
-    url, _ = _store_with_votes(tmp_path)
-    app = typer.Typer()
-    app.command("export")(export_cmd)
-    app.command("noop")(lambda: None)  # a second command keeps `export` as a subcommand name
-    out = tmp_path / "pairs.jsonl"
-    result = CliRunner().invoke(app, ["export", "--format", "dpo-jsonl", "--out", str(out), "--db-url", url])
-    assert result.exit_code == 0, result.output
-    assert "wrote 2 pairs" in result.output
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["chosen"][0]["content"] for r in rows] == ["No idea.", "Two years."]
-    assert rows[0]["prompt"] == [{"role": "user", "content": "Warranty?"}]
-    bad = CliRunner().invoke(app, ["export", "--format", "csv", "--out", str(out), "--db-url", url])
-    assert bad.exit_code != 0
 
 
 def test_build_ui_has_the_four_tabs(tmp_path: Path) -> None:

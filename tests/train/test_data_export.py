@@ -1,0 +1,37 @@
+"""`loradock data export`: votes in the preference database become TRL DPO rows; ties and both-bad stay out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from loradock.cli import app
+from loradock.core.feedback import FeedbackStore, PreferenceIn
+
+
+def _vote(verdict: str) -> PreferenceIn:
+    a, b = "No idea.", "Two years."
+    chosen, rejected = (b, a) if verdict == "b" else (a, b)
+    return PreferenceIn(prompt=[{"role": "user", "content": "Warranty?"}], chosen=chosen, rejected=rejected,
+                        chosen_model="SmolLM2-135M-Instruct" if chosen == a else "faq",
+                        rejected_model="faq" if chosen == a else "SmolLM2-135M-Instruct",
+                        chosen_approach="prompting" if chosen == a else "adapter",
+                        rejected_approach="adapter" if chosen == a else "prompting", verdict=verdict, annotator="ana")
+
+
+def test_data_export_command_writes_only_pairs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/fb.db"
+    with FeedbackStore(url) as store:
+        for verdict in ("a", "b", "tie", "both_bad"):
+            store.add(_vote(verdict))
+    out = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(app, ["data", "export", "--format", "dpo-jsonl", "--out", str(out), "--db-url", url])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 pairs" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["chosen"][0]["content"] for r in rows] == ["No idea.", "Two years."]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Warranty?"}]
+    bad = CliRunner().invoke(app, ["data", "export", "--format", "csv", "--out", str(out), "--db-url", url])
+    assert bad.exit_code != 0
