@@ -10,8 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loradock.bench.run import bench_cmd
+from loradock.demo import demo_cmd
 from loradock.evals.cli import eval_cmd
-from loradock.serve.cli import bench_cmd, demo_cmd, rag_app, serve_cmd
+from loradock.rag.cli import rag_app
+from loradock.serve.cli import serve_cmd
 from loradock.train.cli import train_app
 from loradock.train.data_cli import data_app
 from loradock.ui.cli import ui_cmd

@@ -1,6 +1,7 @@
-"""Chat and text completions: resolve the model, render through core's template, check limits, run.
+"""What chat and text completions share: model resolution, limits, admission, running the engine, SSE.
 
-Routes call :class:`GenerationService`; it speaks the engine's small types and the OpenAI wire format.
+Each endpoint prepares its request and gives its wire format (serve/chat.py, serve/completions.py);
+:class:`GenerationService` speaks the engine's small types.
 """
 
 from __future__ import annotations
@@ -18,37 +19,36 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from loradock.core.settings import Settings
-from loradock.core.template import TemplateError, encode
 from loradock.serve.adapters import AdapterRegistry
-from loradock.serve.engine import ChoiceDelta, Engine, GenParams, LoRATarget, Step, TokenLogprob
+from loradock.serve.engine import ChoiceDelta, Engine, GenParams, LoRATarget, Step
 from loradock.serve.errors import APIError, BadRequest, NotFound, TooManyRequests
 from loradock.serve.metrics import Metrics
 from loradock.serve.schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
     Passage,
     SamplingFields,
     new_id,
     now,
-    passages_json,
     usage,
 )
 
 log = logging.getLogger(__name__)
-RAG_INSTRUCTION = "Answer the question using the numbered passages below. Cite the passage you use like [1]."
 
 
 class Retriever(Protocol):
     def retrieve(self, collection: str, query: str, top_k: int) -> list[Passage]: ...
 
 
-def with_passages(messages: list[dict[str, str]], passages: list[Passage]) -> list[dict[str, str]]:
-    """Put numbered passages into the last user turn (small models use context next to the question best)."""
-    context = "\n".join(f"[{i}] ({p.source}) {p.text}" for i, p in enumerate(passages, 1))
-    out = [dict(m) for m in messages]
-    last_user = max(i for i, m in enumerate(out) if m["role"] == "user")
-    out[last_user]["content"] = f"{RAG_INSTRUCTION}\n\n{context}\n\nQuestion: {out[last_user]['content']}"
-    return out
+class Wire(Protocol):
+    """One endpoint's response shapes (chat.py, completions.py); built per request, may keep stream state."""
+
+    endpoint: str  # the metrics label
+    id_prefix: str
+    chunk_object: str
+
+    def __init__(self, prep: Prepared) -> None: ...
+    def body(self, choices: list[ChoiceDelta], use: dict[str, int]) -> dict[str, Any]: ...
+    def preamble(self) -> list[dict[str, Any]]: ...
+    def chunk_choice(self, c: ChoiceDelta) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -97,26 +97,6 @@ class Admission:
                 self.metrics.waiting.dec()
 
 
-def _chat_logprobs(lps: list[TokenLogprob] | None, k: int | None) -> dict[str, Any] | None:
-    if lps is None:
-        return None
-    return {"content": [
-        {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token.encode()),
-         "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top[: k or 0]]}
-        for lp in lps]}
-
-
-def _completion_logprobs(lps: list[TokenLogprob] | None, k: int | None, offset: int = 0) -> dict[str, Any] | None:
-    if lps is None:
-        return None
-    offsets, pos = [], offset
-    for lp in lps:
-        offsets.append(pos)
-        pos += len(lp.token)
-    return {"tokens": [lp.token for lp in lps], "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [dict(lp.top[: k or 0]) for lp in lps], "text_offset": offsets}
-
-
 class GenerationService:
     def __init__(self, settings: Settings, engine: Engine, registry: AdapterRegistry, metrics: Metrics,
                  retriever: Retriever | None = None) -> None:
@@ -135,7 +115,7 @@ class GenerationService:
             raise NotFound(f"{e.message}; valid models: {', '.join(valid)}", param="model",
                            code="model_not_found") from e
 
-    def _params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
+    def params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
                 logprobs: int | None) -> GenParams:
         s = self.settings
         if req.n > s.max_n:
@@ -160,39 +140,6 @@ class GenerationService:
             top_p=1.0 if req.top_p is None else req.top_p, n=req.n, stop=req.stop, seed=req.seed,
             logprobs=logprobs, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             ignore_eos=req.ignore_eos, stream=req.stream)
-
-    async def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
-        if len(req.messages) > self.settings.max_messages:
-            raise BadRequest(f"{len(req.messages)} messages is above this server's limit "
-                             f"{self.settings.max_messages}", param="messages", code="too_many_messages")
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        if not any(m["role"] == "user" for m in messages):
-            raise BadRequest("messages must contain at least one user message", param="messages")
-        passages = None
-        if req.rag is not None:
-            if self.retriever is None:
-                raise BadRequest("retrieval is not enabled on this server", param="rag")
-            query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-            passages = await asyncio.to_thread(self.retriever.retrieve, req.rag.collection, query, req.rag.top_k)
-            messages = with_passages(messages, passages)
-        lora = await self.resolve(req.model)
-        try:
-            prompt_ids = encode(self.engine.tokenizer, messages, add_generation_prompt=True)
-        except TemplateError as e:
-            raise BadRequest(str(e), param="messages") from e
-        k = req.top_logprobs if req.logprobs else None
-        params = self._params(req, len(prompt_ids), req.effective_max_tokens(),
-                              (k or 0) if req.logprobs else None)
-        return Prepared(req.model, lora, prompt_ids, params, top_logprobs=k, passages=passages)
-
-    async def prepare_completion(self, req: CompletionRequest) -> Prepared:
-        lora = await self.resolve(req.model)
-        prompt_ids = self.engine.tokenizer(req.prompt_text(), add_special_tokens=False)["input_ids"]
-        if not prompt_ids:
-            raise BadRequest("prompt must not be empty", param="prompt")
-        max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default for completions
-        params = self._params(req, len(prompt_ids), max_tokens, req.logprobs)
-        return Prepared(req.model, lora, prompt_ids, params, top_logprobs=req.logprobs)
 
     # -- running ----------------------------------------------------------------------------------------
     async def _steps(self, prep: Prepared, first_token: Callable[[], None]) -> AsyncIterator[Step]:
@@ -237,79 +184,44 @@ class GenerationService:
                 raise asyncio.CancelledError
         return task.result()
 
-    async def run(self, kind: str, prep: Prepared, request: Request) -> Any:
-        """Execute a prepared request: a JSON body, or an SSE stream."""
-        endpoint = "chat" if kind == "chat" else "completions"
-        include_usage = False
+    async def run(self, wire_type: type[Wire], prep: Prepared, request: Request) -> Any:
+        """Execute a prepared request: a JSON body, or an SSE stream, in ``wire_type``'s shapes."""
+        wire = wire_type(prep)
         if prep.params.stream:
             include_usage = bool(getattr(request.state, "include_usage", False))
             cm = self.admission.slot()
             first_token = await cm.__aenter__()
-            stream = self._sse(kind, prep, first_token, include_usage, cm, endpoint)
+            stream = self._sse(wire, prep, first_token, include_usage, cm)
             return StreamingResponse(stream, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         async with self.admission.slot() as first_token:
             try:
                 choices, prompt_tokens = await self._collect_unless_disconnected(prep, request, first_token)
             except APIError:
-                self.metrics.requests.labels(prep.model, endpoint, "error").inc()
+                self.metrics.requests.labels(prep.model, wire.endpoint, "error").inc()
                 raise
-        self.metrics.requests.labels(prep.model, endpoint, "ok").inc()
+        self.metrics.requests.labels(prep.model, wire.endpoint, "ok").inc()
         completion_tokens = sum(len(c.token_ids) for c in choices)
-        body = self._body(kind, prep, choices, usage(prompt_tokens, completion_tokens))
-        return JSONResponse(body)
+        return JSONResponse(wire.body(choices, usage(prompt_tokens, completion_tokens)))
 
-    def _body(self, kind: str, prep: Prepared, choices: list[ChoiceDelta], use: dict[str, int]) -> dict[str, Any]:
-        if kind == "chat":
-            body = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": prep.model,
-                    "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                 "logprobs": _chat_logprobs(c.logprobs, prep.top_logprobs),
-                                 "finish_reason": c.finish_reason} for c in choices],
-                    "usage": use}
-            if prep.passages is not None:
-                body["passages"] = passages_json(prep.passages)
-            return body
-        return {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": prep.model,
-                "choices": [{"index": c.index, "text": c.text,
-                             "logprobs": _completion_logprobs(c.logprobs, prep.top_logprobs),
-                             "finish_reason": c.finish_reason} for c in choices],
-                "usage": use}
-
-    async def _sse(self, kind: str, prep: Prepared, first_token: Callable[[], None], include_usage: bool,
-                   slot: Any, endpoint: str) -> AsyncIterator[str]:
-        cid, created = new_id("chatcmpl" if kind == "chat" else "cmpl"), now()
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        sent_role: set[int] = set()
-        offsets: dict[int, int] = {}
+    async def _sse(self, wire: Wire, prep: Prepared, first_token: Callable[[], None], include_usage: bool,
+                   slot: Any) -> AsyncIterator[str]:
+        cid, created = new_id(wire.id_prefix), now()
         prompt_tokens, completion_tokens, status = len(prep.prompt_ids), 0, "ok"
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            payload = {"id": cid, "object": obj, "created": created, "model": prep.model, "choices": choices}
+            payload = {"id": cid, "object": wire.chunk_object, "created": created, "model": prep.model,
+                       "choices": choices}
             payload.update(extra)
             return f"data: {json.dumps(payload)}\n\n"
 
         try:
-            if kind == "chat" and prep.passages is not None:
-                yield chunk([], passages=passages_json(prep.passages))
+            for extra in wire.preamble():
+                yield chunk([], **extra)
             async for step in self._steps(prep, first_token):
                 prompt_tokens = step.prompt_tokens
-                out = []
-                for c in step.choices:
-                    completion_tokens += len(c.token_ids)
-                    if kind == "chat":
-                        delta: dict[str, Any] = {} if c.index in sent_role else {"role": "assistant"}
-                        sent_role.add(c.index)
-                        if c.text or not delta:
-                            delta["content"] = c.text
-                        out.append({"index": c.index, "delta": delta,
-                                    "logprobs": _chat_logprobs(c.logprobs, prep.top_logprobs),
-                                    "finish_reason": c.finish_reason})
-                    else:
-                        out.append({"index": c.index, "text": c.text,
-                                    "logprobs": _completion_logprobs(c.logprobs, prep.top_logprobs,
-                                                                     offsets.get(c.index, 0)),
-                                    "finish_reason": c.finish_reason})
-                        offsets[c.index] = offsets.get(c.index, 0) + len(c.text)
+                completion_tokens += sum(len(c.token_ids) for c in step.choices)
+                out = [wire.chunk_choice(c) for c in step.choices]
                 if out:
                     yield chunk(out)
             if include_usage:
@@ -323,5 +235,5 @@ class GenerationService:
             log.info("client disconnected mid-stream; aborted %s", prep.request_id)
             raise
         finally:
-            self.metrics.requests.labels(prep.model, endpoint, status).inc()
+            self.metrics.requests.labels(prep.model, wire.endpoint, status).inc()
             await slot.__aexit__(None, None, None)

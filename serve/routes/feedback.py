@@ -84,7 +84,8 @@ async def feedback_stats(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/feedback", dependencies=[Depends(require_admin_key)],
             summary="List stored preference records, newest first (admin)")
-async def list_feedback(request: Request, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+async def list_feedback(request: Request, limit: int = Query(100, ge=1, le=1000),
+                        offset: int = Query(0, ge=0, le=2**31 - 1),
                         verdict: Literal["a", "b", "tie", "both_bad"] | None = None,
                         model: str | None = None, annotator: str | None = None) -> dict[str, Any]:
     records = await asyncio.to_thread(_store(request).list, verdict=verdict, model=model, annotator=annotator,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from loradock.serve.auth import require_api_key, require_ready
+from loradock.serve.chat import ChatWire, prepare_chat
+from loradock.serve.completions import CompletionWire, prepare_completion
 from loradock.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_ready), Depends(require_api_key)])
@@ -14,11 +16,11 @@ router = APIRouter(dependencies=[Depends(require_ready), Depends(require_api_key
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     service = request.app.state.generation
     request.state.include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await service.run("chat", await service.prepare_chat(body), request)
+    return await service.run(ChatWire, await prepare_chat(service, body), request)
 
 
 @router.post("/v1/completions", summary="Text completion on a raw prompt (no chat template)")
 async def completions(body: CompletionRequest, request: Request):
     service = request.app.state.generation
     request.state.include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await service.run("completion", await service.prepare_completion(body), request)
+    return await service.run(CompletionWire, await prepare_completion(service, body), request)
