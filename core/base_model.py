@@ -44,6 +44,14 @@ class BaseModelInfo:
     module_names: frozenset[str] = field(default_factory=frozenset)
     vocab_size: int = 0
 
+    def unknown_modules(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """The names (short module names, as PEFT's ``target_modules`` lists them) the base does not have."""
+        return sorted(set(names) - self.module_names)
+
+    def projections(self) -> list[str]:
+        """The base's projection modules (what LoRA targets), to suggest in error messages."""
+        return sorted(m for m in self.module_names if m.endswith("proj")) or sorted(self.module_names)
+
 
 def _weight_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))

@@ -13,6 +13,8 @@ NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+# Modules whose LoRA would need full embedding copies in the adapter, which a shared base cannot hot-swap.
+EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
 
 
 def check_name(name: str) -> str:

@@ -6,7 +6,7 @@ Precedence, highest first: explicit overrides (command-line flags), environment,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -29,7 +29,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: str = Field("float32", description="Engine dtype. float32 keeps greedy parity with PEFT on CPU.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Engine dtype. float32 keeps greedy parity with PEFT on CPU.")
     max_loras: int = Field(32, description="Adapters that can run in one batch (slots; ~20 MB each at rank 16 here).")
     max_cpu_loras: int = Field(64, description="Adapters resident in the engine before LRU eviction.")
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")

@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loradock.core.base_model import BaseModelInfo
-from loradock.core.manifest import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, Manifest, check_name
+from loradock.core.manifest import (
+    CONFIG_FILE,
+    EMBEDDING_MODULES,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    check_name,
+)
 from loradock.core.template import template_sha256
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
 
 
 class AdapterInvalid(ValueError):
@@ -61,9 +67,9 @@ def _target_modules(config: dict, base: BaseModelInfo) -> list[str]:
         return matched
     if not isinstance(targets, list) or not targets:
         raise AdapterInvalid("unknown_target_modules", "adapter_config.json must list target_modules")
-    unknown = sorted(set(targets) - base.module_names)
+    unknown = base.unknown_modules(targets)
     if unknown:
-        known = sorted(m for m in base.module_names if m.endswith("proj")) or sorted(base.module_names)
+        known = base.projections()
         raise AdapterInvalid(
             "unknown_target_modules",
             f"target modules {unknown} do not exist in base {base.name}; it has {known}",
@@ -83,7 +89,7 @@ def _check_weights(path: Path, limits: ValidationLimits, base: BaseModelInfo) ->
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
             for key in keys:
-                if any(f".{m}." in f".{key}" for m in _EMBEDDING_MODULES) and "lora_" not in key:
+                if any(f".{m}." in f".{key}" for m in EMBEDDING_MODULES) and "lora_" not in key:
                     raise AdapterInvalid(
                         "resized_embeddings",
                         f"{path.name} carries full embedding weights ({key}); resized or trained embeddings "

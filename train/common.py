@@ -68,10 +68,10 @@ def resolve(cfg: TrainConfig, settings: Settings | None = None) -> Context:
             f"--lora-r {cfg.lora_r} is above the server's max LoRA rank {settings.max_lora_rank}; "
             f"pick --lora-r <= {settings.max_lora_rank} (or raise LORADOCK_MAX_LORA_RANK on the server)"
         )
-    unknown = sorted(set(cfg.target_modules) - base.module_names)
+    unknown = base.unknown_modules(cfg.target_modules)
     if unknown:
-        known = sorted(m for m in base.module_names if m.endswith("proj"))
-        raise RecipeError(f"--target-modules {unknown} do not exist in base {base.name}; choose from {known}")
+        raise RecipeError(f"--target-modules {unknown} do not exist in base {base.name}; "
+                          f"choose from {base.projections()}")
     adapters_dir = Path(cfg.adapters_dir) if cfg.adapters_dir else settings.adapters_dir
     output_dir = Path(cfg.output_dir) if cfg.output_dir else Path("var/train") / cfg.name
     return Context(cfg, settings, base, adapters_dir, output_dir)

@@ -12,17 +12,16 @@ import types
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from loradock.core.manifest import check_name
+from loradock.core.manifest import EMBEDDING_MODULES, check_name
 
-METHODS = ("sft", "dpo")
-QUANTIZATIONS = ("none", "nf4")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-# Modules whose LoRA would need full embedding copies in the adapter, which a shared base cannot hot-swap.
-EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
+Method = Literal["sft", "dpo"]
+Quantization = Literal["none", "nf4"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 class RecipeError(ValueError):
@@ -40,7 +39,7 @@ def _key(default: Any, doc: str, **kw: Any) -> Any:
 class TrainConfig:
     """A resolved training recipe. Defaults follow the lesson: r 8, alpha 2r, LR 2e-4, 3 epochs."""
 
-    method: str = _key("sft", "Training method: sft or dpo (set by the command).", cli=False)
+    method: Method = _key("sft", "Training method: sft or dpo (set by the command).", cli=False)
     data: str | None = _key(None, "Training data: JSONL, CSV, or a saved HF dataset folder.")
     eval_data: str | None = _key(None, "Validation data (default: split --val-fraction off --data).")
     name: str | None = _key(None, "Adapter name in the store (default: the recipe's file name).")
@@ -52,14 +51,14 @@ class TrainConfig:
     lora_alpha: float | None = _key(None, "LoRA scaling alpha (default: 2 x --lora-r).")
     lora_dropout: float = _key(0.05, "Dropout on the LoRA input during training.")
     target_modules: list[str] = _key(["q_proj", "v_proj"], "Base modules that get LoRA matrices, comma separated.")
-    quantization: str = _key("none", "Base weights while training: none (float) or nf4 (QLoRA, bitsandbytes).")
+    quantization: Quantization = _key("none", "Base weights while training: none (float) or nf4 (QLoRA, bitsandbytes).")
     learning_rate: float = _key(2e-4, "Peak learning rate (2e-4 nudges a LoRA; larger shoves and forgets).")
     epochs: float = _key(3.0, "Passes over the training data (1-3; more mostly memorises).")
     max_steps: int = _key(-1, "Stop after this many optimizer steps; overrides --epochs when > 0.")
     batch_size: int = _key(8, "Rows per device per step.")
     grad_accum: int = _key(1, "Steps to accumulate before each optimizer update.")
     max_length: int = _key(256, "Longest row in tokens; `data check` flags longer rows instead of truncating.")
-    lr_scheduler: str = _key("linear", "Learning-rate schedule: linear, cosine, constant, constant_with_warmup.")
+    lr_scheduler: Scheduler = _key("linear", "Learning-rate schedule: linear, cosine, constant, constant_with_warmup.")
     warmup_steps: int = _key(0, "Optimizer steps of linear warm-up.")
     weight_decay: float = _key(0.0, "AdamW weight decay.")
     val_fraction: float = _key(0.1, "Share of --data held out for validation when no --eval-data is given.")
@@ -83,7 +82,6 @@ class TrainConfig:
             if not ok:
                 raise RecipeError(message)
 
-        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.name is not None:
             try:
                 check_name(self.name)
@@ -101,14 +99,12 @@ class TrainConfig:
             f"--target-modules must not include {bad}: LoRA on embeddings saves full embedding copies that "
             "cannot be hot-swapped on a shared base; use attention/MLP projections such as q_proj,v_proj",
         )
-        need(self.quantization in QUANTIZATIONS, f"--quantization must be one of {', '.join(QUANTIZATIONS)}")
         need(self.learning_rate > 0, "--learning-rate must be positive")
         need(self.epochs > 0, "--epochs must be positive")
         need(self.max_steps == -1 or self.max_steps > 0, "--max-steps must be positive (or -1 to use --epochs)")
         need(self.batch_size > 0, "--batch-size must be positive")
         need(self.grad_accum > 0, "--grad-accum must be positive")
         need(self.max_length >= 16, "--max-length must be at least 16 tokens")
-        need(self.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}")
         need(self.warmup_steps >= 0, "--warmup-steps must be >= 0")
         need(self.weight_decay >= 0, "--weight-decay must be >= 0")
         need(0 <= self.val_fraction <= 0.5, "--val-fraction must be in [0, 0.5]")
@@ -147,6 +143,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if optional:
             return None
         raise RecipeError(f"{flag(name)} needs a value")
+    if get_origin(inner) is Literal:
+        choices = get_args(inner)
+        if value not in choices:
+            raise RecipeError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+        return value
     try:
         if get_origin(inner) is list:
             items = value.split(",") if isinstance(value, str) else list(value)
