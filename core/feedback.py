@@ -8,10 +8,7 @@ exported as TRL conversational DPO rows: ``{"prompt": [...], "chosen": [...], "r
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +21,7 @@ from sqlalchemy import JSON, DateTime, String, Text, cast, create_engine, delete
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from loradock.core.io import write_jsonl
 from loradock.core.template import TemplateError, normalize_messages, template_sha256
 
 log = logging.getLogger(__name__)
@@ -251,20 +249,7 @@ class FeedbackStore:
         Ties and both-bad votes are skipped. The file is replaced atomically. ``filters`` as in :meth:`list`.
         """
         records = self.list(pairs_only=True, limit=None, newest_first=False, **filters)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for record in records:
-                    f.write(json.dumps(dpo_row(record), ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_jsonl(Path(path), [dpo_row(record) for record in records])
         log.info("exported %d preference pairs to %s", len(records), path)
         return len(records)
 

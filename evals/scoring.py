@@ -22,6 +22,8 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
+from loradock.core.io import JSONLineError, iter_jsonl
+
 log = logging.getLogger(__name__)
 METRICS = ("exact", "contains", "json")
 SAME_ANSWER_RATIO = 0.9  # difflib similarity above which two answers count as the same answer
@@ -75,14 +77,14 @@ class ApproachResult:
 def load_items(path: Path, default_metric: str | None = None, default_system: str | None = None) -> list[EvalItem]:
     """Read eval rows; errors name the line to fix."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    try:
+        for lineno, row in iter_jsonl(path):
             try:
-                items.append(_item(json.loads(line), default_metric, default_system))
+                items.append(_item(row, default_metric, default_system))
             except (ValueError, KeyError, TypeError) as e:
                 raise EvalError(f"{path}:{lineno}: {e}") from e
+    except JSONLineError as e:
+        raise EvalError(str(e)) from e
     if not items:
         raise EvalError(f"{path}: no eval rows")
     return items

@@ -11,9 +11,7 @@ import bisect
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from loradock.core.io import atomic_write
 from loradock.core.manifest import NAME_RE
 from loradock.rag.errors import CollectionNotFound, RagError
 
@@ -305,21 +304,10 @@ class RagStore:
 
 
 def _write_index(target: Path, vectors: np.ndarray, chunks: list[Chunk], meta: dict[str, Any]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     lines = "\n".join(json.dumps({"source": c.source, "chunk": c.chunk, "text": c.text}) for c in chunks)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, vectors=vectors.astype(np.float32),
-                     chunks=np.frombuffer(lines.encode("utf-8"), dtype=np.uint8),
-                     meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the server may run as another user
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: np.savez(
+        f, vectors=vectors.astype(np.float32), chunks=np.frombuffer(lines.encode("utf-8"), dtype=np.uint8),
+        meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)))
 
 
 def _read_index(path: Path) -> _Index:

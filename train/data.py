@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loradock.core.io import JSONLineError, iter_jsonl
 from loradock.core.template import TemplateError, normalize_messages
 
 log = logging.getLogger(__name__)
@@ -111,16 +112,10 @@ def read_records(path: Path) -> list[Record]:
 
 
 def _read_jsonl(path: Path) -> list[Record]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(Record(lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                records.append(Record(lineno, _Unparsable(f"not valid JSON ({e.msg} at column {e.colno})")))
-    return records
+    def unparsable(e: JSONLineError) -> _Unparsable:
+        return _Unparsable(f"not valid JSON ({e.error.msg} at column {e.error.colno})")
+
+    return [Record(lineno, value) for lineno, value in iter_jsonl(path, on_error=unparsable)]
 
 
 def _read_csv(path: Path) -> list[Record]:
