@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,24 +24,17 @@ from pathlib import Path
 
 import httpx
 
-from loradock.core.procs import NotHealthy, wait_healthy
+from loradock.core.procs import NotHealthy, free_port, log_tail, start_logged, stop, wait_healthy
 
 API, ADMIN = "crash-api", "crash-admin"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(cmd: str, port: int, env: dict[str, str], log: Path, timeout: float = 600) -> subprocess.Popen:
-    proc = subprocess.Popen([*shlex.split(cmd), "--port", str(port)], env=env, stdout=log.open("a"),
-                            stderr=subprocess.STDOUT)
+    proc = start_logged([*shlex.split(cmd), "--port", str(port)], log, env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=timeout, interval=0.5)
     except NotHealthy as e:
-        raise SystemExit(f"{e}: {log.read_text()[-2000:]}") from e
+        raise SystemExit(f"{e}: {log_tail(log, 2000)}") from e
     return proc
 
 
@@ -110,8 +102,7 @@ def main() -> int:
                 break
             offset += 1000
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
     lost = sorted(set(acked) - stored)
     report = {"records_sent": args.records, "acknowledged": len(acked), "killed_with_sigkill": killed,
               "stored_after_restart": len(stored), "lost_acknowledged": len(lost), "ok": killed and not lost}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loradock.core.procs import NotHealthy, wait_healthy
+from loradock.core.procs import NotHealthy, free_port, log_tail, start_logged, stop, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct"
@@ -23,12 +22,6 @@ SYNTHETIC = ["syn-a", "syn-b"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -94,24 +87,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, base_info) -> Server:
             if time.monotonic() > deadline:
                 break
             time.sleep(2)
-    proc = subprocess.Popen([sys.executable, "-m", "loradock", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    proc = start_logged([sys.executable, "-m", "loradock", "serve", "--port", str(port)], log, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     srv = Server(url=url, adapters_dir=store.root, rag_dir=root / "rag", db_url=env["LORADOCK_DB_URL"],
                  api_key="test-key", admin_key="admin-key", base=BASE_MODEL.name, log=log, proc=proc,
                  adapter_names=store.names(), env=env)
     try:
         wait_healthy(url, proc, timeout=300)
-    except NotHealthy:
+    except NotHealthy as e:
         proc.kill()
-        print(log.read_text()[-5000:])
-        raise
+        raise NotHealthy(f"{e}; server log:\n{log_tail(log, 5000)}") from e
     yield srv
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
     lock.close()
 
 

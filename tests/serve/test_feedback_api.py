@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,8 @@ import openai
 import pytest
 
 from loradock.core.feedback import FeedbackStore
-from tests.conftest import REPO, free_port
+from loradock.core.procs import NotHealthy, free_port, log_tail, start_logged, stop, wait_healthy
+from tests.conftest import REPO
 
 ROW = {"prompt": [{"role": "user", "content": "How long is the Zephyr-9 warranty?"}],
        "chosen": [{"role": "assistant", "content": "Two years from delivery."}],
@@ -26,21 +26,15 @@ def _row(i: int, **extra: object) -> dict:
 
 
 def _start(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
+    proc = start_logged(
         [sys.executable, "-m", "uvicorn", "--factory", "tests.serve.feedback_server:build",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the app did not come up: " + log.read_text()[-3000:])
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], log, env=env, cwd=REPO)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=120, interval=0.3)
+    except NotHealthy as e:
+        stop(proc)
+        raise AssertionError(f"the app did not come up ({e}): {log_tail(log)}") from e
+    return proc
 
 
 def test_feedback_records_survive_a_killed_server(tmp_path: Path) -> None:
@@ -71,8 +65,7 @@ def test_feedback_records_survive_a_killed_server(tmp_path: Path) -> None:
         stats = httpx.get(f"http://127.0.0.1:{port}/v1/feedback/stats", headers=api).json()
         forbidden = httpx.get(f"http://127.0.0.1:{port}/v1/feedback", headers=api)
     finally:
-        second.terminate()
-        second.wait(timeout=30)
+        stop(second)
     assert sorted(r["id"] for r in listed) == sorted(ids)
     assert {r["chosen"] for r in listed} == {f"Two years from delivery. ({i})" for i in range(3)}
     assert stats["total"] == 3 and stats["pairs"] == 3

@@ -10,18 +10,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loradock.core.feedback import FeedbackStore
-from tests.conftest import REPO, free_port
+from loradock.core.procs import free_port, running
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 FAQ_DOCS = REPO / "data" / "faq_docs"
@@ -40,25 +38,12 @@ def ui_url(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     RagStore(server.rag_dir).index(FAQ_DOCS, "faq")
     port = free_port()
     log = tmp_path_factory.mktemp("ui") / "ui.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loradock", "ui", "--port", str(port), "--server", server.url,
-         "--api-key", server.api_key, "--admin-key", server.admin_key, "--db-url", server.db_url,
-         "--adapters-dir", str(server.adapters_dir)],
-        cwd=REPO, env=server.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "loradock", "ui", "--port", str(port), "--server", server.url,
+           "--api-key", server.api_key, "--admin-key", server.admin_key, "--db-url", server.db_url,
+           "--adapters-dir", str(server.adapters_dir)]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "UI did not start: " + log.read_text()[-3000:]
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running(cmd, url, log, env=server.env, timeout_s=120, cwd=REPO, health_path="/"):
+        yield url
 
 
 @pytest.fixture(scope="module")
