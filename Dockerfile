@@ -38,14 +38,8 @@ RUN scripts/install_deps.sh gpu python
 
 # ---- application source (copied once, installed on top of each dependency stage) ----------------------
 FROM base AS src
-COPY pyproject.toml README.md ./
-COPY loradock/ loradock/
-COPY core/ core/
-COPY serve/ serve/
-COPY train/ train/
-COPY ui/ ui/
-COPY adapters/ adapters/
-COPY data/ data/
+# Every room (core/, serve/, rag/, ...), adapters/ and data/; .dockerignore leaves out tests, docs and build output.
+COPY . .
 
 FROM deps-cpu AS app-cpu
 COPY --from=src /app /app

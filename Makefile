@@ -24,13 +24,13 @@ $(VENV)/bin/python:
 	$(PIP) install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
 
 # scripts/install_deps.sh is shared with the Dockerfile (CPU: the exact lock with --no-deps, torchvision fix).
-$(VENV)/.installed-cpu: $(VENV)/bin/python scripts/install_deps.sh requirements/lock-cpu.txt requirements/dev.txt requirements/embedded.txt pyproject.toml
+$(VENV)/.installed-cpu: $(VENV)/bin/python scripts/install_deps.sh requirements/lock-cpu.txt requirements/dev.txt requirements/embedded.txt pyproject.toml setup.py $(wildcard */__init__.py)
 	scripts/install_deps.sh cpu $(PY)
 	$(PIP) install -r requirements/dev.txt -c requirements/lock-cpu.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-gpu: $(VENV)/bin/python scripts/install_deps.sh requirements/gpu.txt requirements/common.txt requirements/dev.txt requirements/embedded.txt pyproject.toml
+$(VENV)/.installed-gpu: $(VENV)/bin/python scripts/install_deps.sh requirements/gpu.txt requirements/common.txt requirements/dev.txt requirements/embedded.txt pyproject.toml setup.py $(wildcard */__init__.py)
 	scripts/install_deps.sh gpu $(PY)
 	$(PIP) install -r requirements/dev.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
@@ -45,11 +45,11 @@ model: $(BASE_MODEL)/loradock-checksum.json ## materialize the embedded base mod
 browser: ## install Debian's Chromium for the browser tests (needs root)
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-lint: setup ## ruff
+lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
-test: setup browser ## ruff + the whole test suite (starts one real vLLM server for the session)
-	$(VENV)/bin/ruff check .
+test: setup browser lint ## ruff, mypy and the whole test suite (starts one real vLLM server for the session)
 	$(VENV)/bin/python -m pytest -q --timeout=900 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 demo: setup ## run the server (:8000) and the UI (:7860) on the embedded model with the demo adapters

@@ -171,7 +171,7 @@ class FeedbackStore:
         """Delete a record; False if there was none with this id."""
         with self._session() as session, session.begin():
             result = session.execute(delete(PreferenceRow).where(PreferenceRow.id == record_id))
-        return bool(result.rowcount)
+        return bool(getattr(result, "rowcount", 0))
 
     # -- reading -----------------------------------------------------------------------------------------
     def get(self, record_id: str) -> PreferenceRecord | None:

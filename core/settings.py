@@ -87,7 +87,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from a YAML file (optional), the environment, then non-None overrides."""
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"--config {config}: no such file")
-    cls = Settings
+    cls: type[Settings] = Settings
     if config is not None:
         cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": str(config)}})
     return cls(**{k: v for k, v in overrides.items() if v is not None})

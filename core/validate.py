@@ -32,6 +32,7 @@ class AdapterInvalid(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.version: tuple[int, ...] | None = None  # the folder version it was seen at (set by the server)
 
 
 @dataclass(frozen=True)

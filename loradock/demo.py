@@ -41,7 +41,8 @@ def demo_cmd(
             try:
                 wait_healthy(url, server, 600)
             except NotHealthy as e:
-                raise typer.Exit(str(e)) from e
+                console.print(f"[red]the server did not start:[/] {e}")
+                raise typer.Exit(1) from e
         ui = subprocess.Popen([*exe, "ui", "--server", url, "--host", host, "--port", str(ui_port)], env=env)
         procs.append(ui)
         console.print(f"[bold green]server[/]  {url}/v1   (OpenAI-compatible; try GET {url}/v1/models)")

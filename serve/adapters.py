@@ -71,12 +71,12 @@ class AdapterRegistry:
         old = self.entries.get(name)
         if old is not None and old.version == version and old.folder == folder:
             return old
-        if name in self.invalid and getattr(self.invalid[name], "version", None) == version:
+        if name in self.invalid and self.invalid[name].version == version:
             return None
         try:
             manifest = self._validate(name, folder)
         except AdapterInvalid as e:
-            e.version = version  # type: ignore[attr-defined]
+            e.version = version
             if name not in self.invalid or str(self.invalid[name]) != str(e):
                 log.warning("adapter %s refused: [%s] %s", name, e.code, e)
             self.invalid[name] = e
@@ -187,8 +187,9 @@ class AdapterRegistry:
             self.invalid.pop(name, None)
             entry = self._entry(name, folder)
             if entry is None:
-                e = self.invalid[name]
-                raise BadRequest(f"adapter {name!r} refused: {e}", param="lora_name", code=f"adapter_invalid:{e.code}")
+                refusal = self.invalid[name]
+                raise BadRequest(f"adapter {name!r} refused: {refusal}", param="lora_name",
+                                 code=f"adapter_invalid:{refusal.code}")
             entry.pinned = name in self._pinned
             self.entries[name] = entry
             self._added.discard(entry.target.int_id)  # an admin load really loads (and pins), even if evicted

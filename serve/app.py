@@ -80,11 +80,15 @@ async def _start(app: FastAPI) -> None:
              len(state.registry.names()), settings.adapters_dir)
 
 
+def _log_start_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("engine start failed: %r", task.exception())
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     starter = asyncio.create_task(_start(app))
-    starter.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                              or log.error("engine start failed: %r", t.exception()))
+    starter.add_done_callback(_log_start_failure)
     app.state.starter = starter
     try:
         yield

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -102,7 +102,7 @@ class ServerClient:
         extra = {"rag": rag} if rag else None
         try:
             stream = self.openai().chat.completions.create(
-                model=model, messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                model=model, messages=cast(Any, messages), temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                 stream=True, stream_options={"include_usage": True}, extra_body=extra)
             for chunk in stream:
                 passages = (chunk.model_extra or {}).get("passages")

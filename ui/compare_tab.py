@@ -166,7 +166,7 @@ def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.
             return "Run a prompt first, then vote.", gr.update()
         if a not in sides or b not in sides or a == b:
             return "Pick two different columns as Side A and Side B.", gr.update()
-        pair = sorted([a, b])
+        pair = sorted([str(a), str(b)])
         if pair in state.get("voted", []):  # a double click must not count twice
             return f"Already voted on {a} vs {b} for this run; run again or pick another pair.", gr.update()
         try:

@@ -74,6 +74,14 @@ def test_runtime_targets_are_hardened():
         assert re.search(r"HEALTHCHECK .*\n.*CMD .*8000/health", body)
 
 
+def test_the_image_gets_every_room():
+    from tests.layout.test_rooms import rooms
+
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip()}
+    needed = {"loradock", "adapters", "data", "setup.py", "pyproject.toml", "README.md", *rooms()}
+    assert "COPY . ." in DOCKERFILE and not needed & ignored, f".dockerignore drops {sorted(needed & ignored)}"
+
+
 def test_every_copied_path_exists():
     for src in re.findall(r"^COPY\s+(\S+)\s+\S+$", DOCKERFILE, flags=re.M):  # --from=stage copies excluded
         for piece in src.split():
