@@ -10,7 +10,7 @@ from loradock.core.settings import Settings
 from loradock.train import common
 from loradock.train.config import TrainConfig
 from loradock.train.masking import tokenize_conversation
-from loradock.train.publish import check_name_free, publish_adapter, training_metrics
+from loradock.train.runner import start_run, train_and_publish
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +18,9 @@ log = logging.getLogger(__name__)
 def run_sft(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     """Train, keep the best checkpoint, publish to the store; return the adapter folder."""
     from datasets import Dataset
-    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    ctx = common.resolve(cfg, settings)
-    check_name_free(ctx)
-    resume_from = common.prepare_output_dir(ctx)
-    set_seed(cfg.seed)
+    ctx, resume_from = start_run(cfg, settings)
 
     # --- tokenizer and data: checked, split, rendered through core's template, assistant-only labels
     tokenizer = common.load_tokenizer(ctx.base.path)
@@ -52,11 +48,5 @@ def run_sft(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     )
     common.log_trainable(trainer.model)
 
-    # --- train (optionally resuming) and evaluate the kept model
-    trainer.train(resume_from_checkpoint=resume_from)
-    history = list(trainer.state.log_history)
-    final_eval = trainer.evaluate() if val_ds is not None else {}
-
-    # --- publish
-    metrics = training_metrics(trainer, history, final_eval, common.total_steps(cfg, len(train_ds)))
-    return publish_adapter(ctx, trainer.model, data, metrics)
+    # --- train (optionally resuming), evaluate the kept model, publish
+    return train_and_publish(trainer, ctx, data, resume_from, len(train_ds))
