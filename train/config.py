@@ -21,6 +21,23 @@ from loradock.core.manifest import EMBEDDING_MODULES, check_name
 Method = Literal["sft", "dpo"]
 Quantization = Literal["none", "nf4"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+# TRL DPOTrainer's preference losses; its 'sft' term is added with rpo_alpha, not chosen here.
+DpoLoss = Literal[
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+]
 METHODS: tuple[str, ...] = get_args(Method)
 
 
@@ -67,6 +84,8 @@ class TrainConfig:
     logging_steps: int = _key(5, "Log the training loss every N steps.")
     seed: int = _key(42, "Seed for the split, the LoRA init and the data order (runs are reproducible).")
     beta: float = _key(0.1, "DPO only: how far the policy may move from the reference (higher = closer).")
+    loss_type: DpoLoss = _key("sigmoid", "DPO only: TRL preference loss: sigmoid (DPO), ipo, hinge, apo_zero, ...")
+    rpo_alpha: float = _key(0.0, "DPO only: weight of an SFT loss on the chosen answers added to it (RPO); 0 = off.")
     gradient_checkpointing: bool = _key(False, "Recompute activations to save memory (slower).")
     drop_invalid: bool = _key(False, "Drop rows that fail `data check` (and report counts) instead of refusing.")
     resume: bool = _key(False, "Continue from the last checkpoint in --output-dir.")
@@ -112,6 +131,7 @@ class TrainConfig:
         need(self.early_stopping_patience >= 0, "--early-stopping-patience must be >= 0 (0 disables it)")
         need(self.logging_steps > 0, "--logging-steps must be positive")
         need(self.beta > 0, "--beta must be positive")
+        need(self.rpo_alpha >= 0, "--rpo-alpha must be >= 0 (0 = no SFT term)")
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain data, every default filled in (what the manifest records)."""

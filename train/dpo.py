@@ -14,7 +14,7 @@ from loradock.core.settings import Settings
 from loradock.core.template import encode
 from loradock.train import common
 from loradock.train.config import TrainConfig
-from loradock.train.publish import check_name_free, publish_adapter, training_metrics
+from loradock.train.runner import start_run, train_and_publish
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,9 @@ def check_same_template(trainer: Any, tokenizer: Any, rows: list) -> None:
 def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     """Train on preference pairs, keep the best checkpoint, publish it; return the adapter folder."""
     from datasets import Dataset
-    from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    ctx = common.resolve(cfg, settings)
-    check_name_free(ctx)
-    resume_from = common.prepare_output_dir(ctx)
-    set_seed(cfg.seed)
+    ctx, resume_from = start_run(cfg, settings)
 
     # --- tokenizer and data: checked, split; TRL renders with the installed core template
     tokenizer = common.load_tokenizer(ctx.base.path)
@@ -48,7 +44,16 @@ def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     model = common.load_model(ctx.base.path, cfg.quantization)
 
     # --- trainer: eval on a schedule, early stopping, best checkpoint kept
-    args = DPOConfig(**common.trainer_kwargs(ctx, len(train_ds), val_ds is not None), beta=cfg.beta)
+    # RPO: TRL's 'sft' term (mean NLL of the chosen tokens) weighted by rpo_alpha beside the preference loss
+    losses, weights = [cfg.loss_type], [1.0]
+    if cfg.rpo_alpha > 0:
+        losses, weights = [*losses, "sft"], [*weights, cfg.rpo_alpha]
+    args = DPOConfig(
+        **common.trainer_kwargs(ctx, len(train_ds), val_ds is not None),
+        beta=cfg.beta,
+        loss_type=losses,
+        loss_weights=weights,
+    )
     trainer = DPOTrainer(
         model=model,
         args=args,
@@ -61,11 +66,5 @@ def run_dpo(cfg: TrainConfig, settings: Settings | None = None) -> Path:
     check_same_template(trainer, tokenizer, data.train)
     common.log_trainable(trainer.model)
 
-    # --- train (optionally resuming) and evaluate the kept model
-    trainer.train(resume_from_checkpoint=resume_from)
-    history = list(trainer.state.log_history)
-    final_eval = trainer.evaluate() if val_ds is not None else {}
-
-    # --- publish
-    metrics = training_metrics(trainer, history, final_eval, common.total_steps(cfg, len(train_ds)))
-    return publish_adapter(ctx, trainer.model, data, metrics)
+    # --- train (optionally resuming), evaluate the kept model, publish
+    return train_and_publish(trainer, ctx, data, resume_from, len(train_ds))
