@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, description="Largest request body.")
     max_waiting: int = Field(256, description="Requests queued beyond the running ones before 429.")
     max_n: int = Field(8, description="Largest n (choices per request).")
+    feedback_per_minute: int = Field(120, description="Feedback records one key may store per minute "
+                                     "(a burst of as many, then a steady rate); 0 = no limit.")
 
     @field_validator("max_lora_rank", "max_loras", "max_cpu_loras", "max_model_len", "max_tokens_cap")
     @classmethod

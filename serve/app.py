@@ -21,6 +21,7 @@ from loradock.serve.engine import Engine, VLLMEngine
 from loradock.serve.errors import PayloadTooLarge, error_response, install_error_handlers
 from loradock.serve.generation import GenerationService, Retriever
 from loradock.serve.metrics import Metrics
+from loradock.serve.routes import adapters as adapter_routes
 from loradock.serve.routes import admin, inference, models, system
 from loradock.serve.routes import feedback as feedback_routes
 
@@ -118,7 +119,7 @@ def create_app(settings: Settings, engine: Engine | None = None, retriever: Retr
     state.feedback = feedback
     state.generation = GenerationService(settings, engine, registry, metrics, retriever)
     install_error_handlers(app)
-    for module in (system, models, inference, admin, feedback_routes):
+    for module in (system, models, inference, admin, feedback_routes, adapter_routes):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

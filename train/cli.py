@@ -11,12 +11,14 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from loradock.train import votes
 from loradock.train.config import (
     RecipeError,
     base_type,
@@ -100,9 +102,45 @@ def sft_cmd(recipe: str | None = RecipeOpt, **overrides: Any) -> None:
 
 @train_app.command("dpo")
 @_with_recipe_flags
-def dpo_cmd(recipe: str | None = RecipeOpt, **overrides: Any) -> None:
-    """Preference training (DPO) on `prompt`/`chosen`/`rejected` rows; publishes the adapter."""
-    _run("dpo", recipe, overrides)
+def dpo_cmd(
+    recipe: str | None = RecipeOpt,
+    from_votes: bool = typer.Option(False, "--from-votes", rich_help_panel="Votes",
+                                    help="Export the votes (filters below), check them and train on them."),
+    server: str | None = votes.ServerOpt,
+    admin_key: str | None = votes.AdminKeyOpt,
+    db_url: str | None = votes.DbUrlOpt,
+    votes_model: str | None = votes.ModelOpt,
+    annotator: str | None = votes.AnnotatorOpt,
+    prompt_set: str | None = votes.PromptSetOpt,
+    since: datetime | None = votes.SinceOpt,
+    until: datetime | None = votes.UntilOpt,
+    blind: bool | None = votes.BlindOpt,
+    drop_contradictory: bool = votes.ContradictoryOpt,
+    drop_near_duplicates: bool = votes.NearDupOpt,
+    min_agreement: float = votes.AgreementOpt,
+    **overrides: Any,
+) -> None:
+    """Preference training (DPO) on `prompt`/`chosen`/`rejected` rows; publishes the adapter.
+
+    With --from-votes the rows are the stored votes: exported (filtered, flagged ones dropped), checked and
+    trained on in one command.
+    """
+    if not from_votes:
+        _run("dpo", recipe, overrides)
+        return
+    from loradock.core.feedback_quality import QualityOptions
+    from loradock.core.validate import AdapterInvalid
+    from loradock.train.data import DataError
+
+    filters = votes.vote_filter(votes_model, annotator, prompt_set, since, until, blind)
+    quality = QualityOptions(drop_contradictory=drop_contradictory, drop_near_duplicates=drop_near_duplicates,
+                             min_agreement=min_agreement)
+    try:
+        path = votes.train_from_votes(recipe, overrides, filters, quality, db_url, server, admin_key)
+    except (RecipeError, DataError, AdapterInvalid, FileExistsError, votes.VotesError) as e:
+        raise fail(str(e)) from e
+    new_console().print(f"[green]published[/green] {path.name} -> {path}  (a running server picks it up within "
+                        "seconds)")
 
 
 @train_app.command("plan")

@@ -228,12 +228,17 @@ def trainer_kwargs(ctx: Context, n_train: int, has_val: bool) -> dict[str, Any]:
 
 
 def callbacks(cfg: TrainConfig, has_val: bool) -> list[Any]:
-    """Early stopping on validation loss (needs a validation set)."""
+    """Early stopping on validation loss (needs a validation set); progress lines with --progress-file."""
     from transformers import EarlyStoppingCallback
 
+    found: list[Any] = []
     if has_val and cfg.early_stopping_patience > 0:
-        return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
-    return []
+        found.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    if cfg.progress_file:
+        from loradock.train.progress import ProgressFile
+
+        found.append(ProgressFile(cfg.progress_file))
+    return found
 
 
 def prepare_output_dir(ctx: Context) -> str | None:

@@ -90,6 +90,7 @@ class TrainConfig:
     drop_invalid: bool = _key(False, "Drop rows that fail `data check` (and report counts) instead of refusing.")
     resume: bool = _key(False, "Continue from the last checkpoint in --output-dir.")
     overwrite: bool = _key(False, "Replace an adapter of the same name in the store.")
+    progress_file: str | None = _key(None, "Append progress (step, loss) as JSON lines to this file (UI jobs).")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

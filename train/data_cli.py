@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
 import typer
 
+from loradock.train import votes
 from loradock.train.cli import fail, new_console
 from loradock.train.config import find_recipe, load_recipe
 
@@ -21,6 +23,7 @@ DbOpt = typer.Option(None, "--db-url", help="SQLAlchemy URL of the preference da
 
 class ExportFormat(StrEnum):
     dpo_jsonl = "dpo-jsonl"
+    hf_parquet = "hf-parquet"
 
 
 @data_app.command("check")
@@ -58,22 +61,42 @@ def data_check_cmd(
 
 @data_app.command("export")
 def export_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="File to write (replaced atomically)."),
-    fmt: ExportFormat = typer.Option(ExportFormat.dpo_jsonl, "--format", help="Only dpo-jsonl for now."),
+    out: Path = typer.Option(..., "--out", "-o", help="File (dpo-jsonl) or folder (hf-parquet) to write, replaced "
+                                                      "atomically."),
+    fmt: ExportFormat = typer.Option(ExportFormat.dpo_jsonl, "--format",
+                                     help="dpo-jsonl (TRL rows) or hf-parquet (a datasets folder)."),
     model: str | None = typer.Option(None, "--model", help="Only pairs where either side is this model."),
-    annotator: str | None = typer.Option(None, "--annotator", help="Only pairs by this annotator."),
+    annotator: str | None = votes.AnnotatorOpt,
+    prompt_set: str | None = votes.PromptSetOpt,
+    since: datetime | None = votes.SinceOpt,
+    until: datetime | None = votes.UntilOpt,
+    blind: bool | None = votes.BlindOpt,
+    drop_contradictory: bool = votes.ContradictoryOpt,
+    drop_near_duplicates: bool = votes.NearDupOpt,
+    min_agreement: float = votes.AgreementOpt,
+    server: str | None = votes.ServerOpt,
+    admin_key: str | None = votes.AdminKeyOpt,
     db_url: str | None = DbOpt,
     config: Path | None = ConfigOpt,
 ) -> None:
     """Export preference pairs as TRL conversational rows (prompt/chosen/rejected) for `loradock train dpo`.
 
-    Ties and both-bad votes stay in the database and are not exported.
+    Ties and both-bad votes stay in the database and are not exported. Contradictory votes are dropped
+    unless --keep-contradictory; the report says how many pairs each flag dropped or kept.
     """
-    from loradock.core.feedback import FeedbackStore
+    from loradock.core.dpo_files import write_dpo
+    from loradock.core.feedback_quality import QualityOptions, report_line
     from loradock.core.settings import load_settings
 
-    settings = load_settings(config, db_url=db_url)
-    with FeedbackStore(settings.db_url) as store:
-        rows = store.export_dpo_jsonl(out, model=model, annotator=annotator)
-        total = store.count()
-    typer.echo(f"wrote {rows} pairs to {out} ({fmt.value}; {total - rows} other records not exported)")
+    quality = QualityOptions(drop_contradictory=drop_contradictory, drop_near_duplicates=drop_near_duplicates,
+                             min_agreement=min_agreement)
+    filters = votes.vote_filter(model, annotator, prompt_set, since, until, blind)
+    try:
+        rows, report = votes.collect(filters, quality, db_url or load_settings(config).db_url, server, admin_key)
+    except votes.VotesError as e:
+        raise fail(str(e)) from e
+    try:
+        write_dpo(rows, out, fmt.value)
+    except ValueError as e:
+        raise fail(f"{e} ({report_line(report)})") from e
+    typer.echo(f"wrote {len(rows)} pairs to {out} ({fmt.value}); {report_line(report)}")
