@@ -43,6 +43,8 @@ class BaseModelInfo:
     sha256: str
     module_names: frozenset[str] = field(default_factory=frozenset)
     vocab_size: int = 0
+    # Full module name (``model.layers.0.self_attn.q_proj``) -> shape of its ``.weight``, from the headers.
+    weight_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
     def unknown_modules(self, names: list[str] | tuple[str, ...]) -> list[str]:
         """The names (short module names, as PEFT's ``target_modules`` lists them) the base does not have."""
@@ -94,12 +96,15 @@ def load_base_info(folder: Path, name: str | None = None) -> BaseModelInfo:
             "base, or set LORADOCK_BASE_MODEL to a local HF model folder."
         )
     modules: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for wf in _weight_files(folder):
         with safe_open(str(wf), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 parts = key.split(".")
                 if len(parts) >= 2 and parts[-1] in ("weight", "bias"):
                     modules.add(parts[-2])
+                if parts[-1] == "weight":
+                    shapes[key.removesuffix(".weight")] = tuple(f.get_slice(key).get_shape())
     config = json.loads((folder / "config.json").read_text())
     return BaseModelInfo(
         path=folder.resolve(),
@@ -107,6 +112,7 @@ def load_base_info(folder: Path, name: str | None = None) -> BaseModelInfo:
         sha256=_identity_hash(folder),
         module_names=frozenset(modules),
         vocab_size=int(config.get("vocab_size", 0)),
+        weight_shapes=shapes,
     )
 
 

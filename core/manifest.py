@@ -13,6 +13,7 @@ NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+VERSIONS_DIR = ".versions"  # immutable snapshots, one folder per published version (core/versions.py)
 # Modules whose LoRA would need full embedding copies in the adapter, which a shared base cannot hot-swap.
 EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
 
@@ -56,6 +57,9 @@ class Manifest(BaseModel):
     provenance: Provenance = Field(default_factory=Provenance)
     metrics: dict[str, Any] = Field(default_factory=dict, description="Loss curves, eval results, ...")
     description: str = ""
+    version: int | None = Field(None, description="Version number, set by the store in a version snapshot.")
+    content_sha256: str | None = Field(
+        None, description="SHA-256 over the files as published, set by the store in a version snapshot.")
 
     @field_validator("name")
     @classmethod

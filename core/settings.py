@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     pinned_adapters: list[str] = Field(default_factory=list, description="Adapters never evicted.")
     store_poll_seconds: float = Field(1.0, description="How often the server rescans the adapter store.")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, description="Largest adapter weights file accepted.")
+    keep_versions: int = Field(5, ge=1, description="Versions kept per adapter (older unused ones are deleted).")
+    engine_max_restarts: int = Field(3, ge=0, description="Engine restarts allowed within "
+                                     "engine_restart_window_s; one more and the server exits non-zero.")
+    engine_restart_window_s: float = Field(600.0, gt=0, description="Window for engine_max_restarts, seconds.")
     max_tokens_cap: int = Field(1024, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(256, description="max_tokens when a request gives none.")
     max_messages: int = Field(256, description="Most messages in one chat request.")

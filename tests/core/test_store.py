@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,117 @@ def test_paths_cannot_escape_the_store(tmp_path, good, base_info):
                      ("good/sub", "directly under")]:
         with pytest.raises(StoreError, match=msg):
             store.resolve_inside(bad)
+
+
+# -- versions: immutable, content-addressed snapshots -------------------------------------------------------
+def _ingest(store: AdapterStore, base_info, name: str = "good"):
+    limits = ValidationLimits()
+    return store.versions.ingest(name, store.path(name), limits,
+                                 lambda folder, n: validate_adapter(folder, base_info, limits, name=n))
+
+
+def test_versions_are_validated_read_only_snapshots_with_number_and_hash(good, tmp_path, base_info):
+    store = AdapterStore(tmp_path / "s")
+    store.copy_from(good, validate_adapter(good, base_info))
+    first = _ingest(store, base_info)
+    assert first.current == 1 and first.created is not None and first.created.label == "good@1"
+    snap = first.created.folder
+    assert snap.parent.name == "good" and snap.name.startswith("1-") and snap.parent.parent.name == ".versions"
+    stamped = json.loads((snap / "manifest.json").read_text())
+    assert stamped["version"] == 1 and stamped["content_sha256"].startswith(snap.name.split("-")[1])
+    assert all(f.stat().st_mode & 0o222 == 0 for f in snap.iterdir())
+    assert not _ingest(store, base_info).changed  # nothing changed: nothing copied
+    # Rewriting a published file in place is noticed and makes a new version; the old one is untouched.
+    old_weights = (snap / "adapter_model.safetensors").read_bytes()
+    weights = load_file(store.path("good") / "adapter_model.safetensors")
+    weights = {k: v * 2 for k, v in weights.items()}
+    save_file(weights, store.path("good") / "adapter_model.safetensors")
+    second = _ingest(store, base_info)
+    assert second.current == 2 and (snap / "adapter_model.safetensors").read_bytes() == old_weights
+    assert [v.number for v in store.versions.versions("good")] == [1, 2]
+
+
+def test_rollback_remove_and_undo(good, tmp_path, base_info):
+    store = AdapterStore(tmp_path / "s")
+    store.copy_from(good, validate_adapter(good, base_info))
+    _ingest(store, base_info)
+    _edit(store.path("good") / "manifest.json", description="second")
+    assert _ingest(store, base_info).current == 2
+    assert store.versions.rollback("good").number == 1
+    assert not _ingest(store, base_info).changed and store.versions.current("good").number == 1  # stays rolled back
+    assert store.versions.rollback("good", to=2).number == 2
+    with pytest.raises(StoreError, match=r"version 7 of 'good' is not kept; kept versions: \[1, 2\]"):
+        store.versions.rollback("good", to=7)
+    store.remove("good")
+    assert store.names() == [] and store.versions.current("good") is None
+    assert not _ingest(store, base_info).changed
+    assert store.versions.rollback("good").number == 2  # a removal can be undone while versions are kept
+    store.remove("good")
+    with pytest.raises(StoreError, match="not found"):
+        store.remove("good")
+
+
+def test_a_broken_republish_is_refused_loudly_and_rollback_still_works(good, tmp_path, base_info):
+    store = AdapterStore(tmp_path / "s")
+    store.copy_from(good, validate_adapter(good, base_info))
+    _ingest(store, base_info)
+    (store.path("good") / "adapter_model.safetensors").write_bytes(b"junk")
+    refused = _ingest(store, base_info)
+    assert refused.current is None and refused.refusal.code == "corrupt_weights"  # never a silent fallback
+    assert store.versions.rollback("good").number == 1
+
+
+def test_gc_keeps_the_newest_and_the_current_and_never_a_leased_version(good, tmp_path, base_info):
+    store = AdapterStore(tmp_path / "s")
+    store.copy_from(good, validate_adapter(good, base_info))
+    for i in range(5):
+        _edit(store.path("good") / "manifest.json", description=f"v{i}")
+        _ingest(store, base_info)
+    store.versions.rollback("good", to=1)
+    held = store.versions.lease(store.versions.find("good", 2))
+    assert held is not None
+    store.versions.gc("good", keep=2)
+    assert [v.number for v in store.versions.versions("good")] == [1, 2, 4, 5]  # 1 current, 2 in use
+    held.release()
+    store.versions.gc("good", keep=2)
+    assert [v.number for v in store.versions.versions("good")] == [1, 4, 5]
+    _edit(store.path("good") / "manifest.json", description="new")
+    assert _ingest(store, base_info).current == 6  # numbers are never reused
+
+
+def test_a_validated_publish_never_shows_a_refused_adapter(good, tmp_path, base_info):
+    store = AdapterStore(tmp_path / "s")
+    manifest = validate_adapter(good, base_info)
+    limits = ValidationLimits()
+
+    def check(folder, name):
+        return validate_adapter(folder, base_info, limits, name=name)
+
+    with store.staging("good") as tmp:
+        for f in good.iterdir():
+            if f.name != "manifest.json":
+                (tmp / f.name).write_bytes(f.read_bytes())
+        (tmp / "adapter_model.safetensors").write_bytes(b"junk")
+        with pytest.raises(AdapterInvalid, match="safetensors"):
+            store.publish(tmp, manifest, limits=limits, validator=check)
+    assert store.names() == [] and store.versions.current("good") is None
+    with store.staging("good") as tmp:
+        for f in good.iterdir():
+            if f.name != "manifest.json":
+                (tmp / f.name).write_bytes(f.read_bytes())
+        store.publish(tmp, manifest, limits=limits, validator=check)
+    assert store.names() == ["good"] and store.versions.current("good").number == 1  # current before any scan
+    assert not _ingest(store, base_info).changed
+
+
+def test_store_entries_name_what_cannot_be_an_adapter(tmp_path):
+    store = AdapterStore(tmp_path / "s")
+    store.root.mkdir()
+    (store.root / "Bad Name").mkdir()
+    (store.root / "notes.txt").write_text("x")
+    os.mkfifo(store.root / "pipe")
+    (store.root / "link").symlink_to(tmp_path)
+    (store.root / "ok").mkdir()
+    found = {e.entry: (e.name, e.refusal.code if e.refusal else None) for e in store.entries()}
+    assert found == {"Bad Name": (None, "bad_name"), "notes.txt": (None, "not_a_folder"),
+                     "pipe": (None, "not_a_folder"), "link": (None, "symlink"), "ok": ("ok", None)}
