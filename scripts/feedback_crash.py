@@ -75,11 +75,12 @@ def main() -> int:
     p.add_argument("--kill-after", type=int, default=400)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--db-url", help="SQLAlchemy URL of an empty database (default: a new SQLite file).")
     args = p.parse_args()
     if args.quick:
         args.records, args.kill_after = 300, 100
     work = Path(tempfile.mkdtemp(prefix="loradock-crash-"))
-    env = {**os.environ, "LORADOCK_DB_URL": f"sqlite:///{work}/feedback.db", "LORADOCK_API_KEY": API,
+    env = {**os.environ, "LORADOCK_DB_URL": args.db_url or f"sqlite:///{work}/feedback.db", "LORADOCK_API_KEY": API,
            "LORADOCK_ADMIN_KEY": ADMIN, "LORADOCK_ADAPTERS_DIR": str(work / "adapters"),
            "LORADOCK_RAG_DIR": str(work / "rag")}
     log = work / "server.log"

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,3 +134,76 @@ def publish_copy(server: Server):
         return store.copy_from(store.path(src), manifest, overwrite=True)
 
     return _copy
+
+
+# -- PostgreSQL: a real second database for every preference/feedback test ---------------------------------
+PG_MISSING = ("PostgreSQL is not installed (no pg_ctl on PATH or in /usr/lib/postgresql/*/bin): "
+              "`make postgres` installs Debian's postgresql; the PostgreSQL runs of the database tests are skipped")
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    candidates = [found] if found else sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
+    return Path(candidates[0]).resolve().parent if candidates else None
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server of this test session on 127.0.0.1, superuser ``loradock``, trust auth."""
+
+    port: int
+    root: Path
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://loradock@127.0.0.1:{self.port}/{database}"
+
+    def execute(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://loradock@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Debian's PostgreSQL, initdb + pg_ctl in a temp folder. postgres refuses to run as root (CI runs as
+    root), so as root the server runs as the package's ``postgres`` OS user."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip(PG_MISSING)
+    run_as: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="loradock-pg-"))  # not under pytest's root-only temp folders
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' OS user to run PostgreSQL as "
+                        "(Debian's postgresql package creates it: `make postgres`)")
+        shutil.chown(root, "postgres", "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, log, port = root / "data", root / "server.log", free_port()
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "loradock", "--auth=trust",
+                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+    started = subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                              "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                             capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        raise RuntimeError(f"PostgreSQL did not start: {started.stdout}{started.stderr}{log_tail(log)}")
+    yield Postgres(port, root)
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True,
+                   timeout=60)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The SQLAlchemy URL of an empty preference database: a SQLite file, or a fresh database on the
+    session's PostgreSQL server (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/loradock.db"
+        return
+    pg: Postgres = request.getfixturevalue("postgres")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    pg.execute(f'CREATE DATABASE "{name}"')
+    yield pg.url(name)
+    pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -27,12 +27,20 @@ def _vote(verdict: str, i: int = 0, **kw: object) -> dict:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> FeedbackStore:
+def store(db_url: str) -> FeedbackStore:
+    """The store on SQLite and on a real PostgreSQL server (tests/conftest.py's db_url)."""
+    with FeedbackStore(db_url) as s:
+        yield s
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> FeedbackStore:
     with FeedbackStore(f"sqlite:///{tmp_path}/nested/dir/loradock.db") as s:
         yield s
 
 
-def test_sqlite_runs_in_wal_mode_with_full_sync(store: FeedbackStore, tmp_path: Path) -> None:
+def test_sqlite_runs_in_wal_mode_with_full_sync(sqlite_store: FeedbackStore, tmp_path: Path) -> None:
+    store = sqlite_store
     db = tmp_path / "nested" / "dir" / "loradock.db"
     assert db.is_file(), "the parent folders of a SQLite file are created"
     with store.engine.connect() as conn:
@@ -116,8 +124,8 @@ def test_export_writes_only_real_pairs_in_trl_conversational_shape(store: Feedba
     assert store.export_dpo_jsonl(out, model="nobody") == 0 and out.read_text() == ""
 
 
-def test_an_acknowledged_record_survives_a_killed_process(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/crash.db"
+def test_an_acknowledged_record_survives_a_killed_process(db_url: str) -> None:
+    url = db_url
     code = ("import os, signal, sys\nfrom loradock.core.feedback import FeedbackStore\n"
             f"s = FeedbackStore({url!r})\nr = s.add({_vote('a', 7)!r})\n"
             "print(r.id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
@@ -140,7 +148,7 @@ def test_export_loads_with_datasets(store: FeedbackStore, tmp_path: Path) -> Non
 
 
 @pytest.mark.train
-def test_one_dpo_step_trains_on_the_export(store: FeedbackStore, tmp_path: Path) -> None:
+def test_one_dpo_step_trains_on_the_export(sqlite_store: FeedbackStore, tmp_path: Path) -> None:
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
@@ -148,7 +156,7 @@ def test_one_dpo_step_trains_on_the_export(store: FeedbackStore, tmp_path: Path)
     from trl import DPOConfig, DPOTrainer
 
     path = tmp_path / "pairs.jsonl"
-    _export_three_pairs(store, path)
+    _export_three_pairs(sqlite_store, path)  # the export itself runs on both databases above
     ds = load_dataset("json", data_files=str(path), split="train")
 
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)

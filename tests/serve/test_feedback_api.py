@@ -37,8 +37,8 @@ def _start(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     return proc
 
 
-def test_feedback_records_survive_a_killed_server(tmp_path: Path) -> None:
-    env = {**os.environ, "LORADOCK_DB_URL": f"sqlite:///{tmp_path}/var/loradock.db",
+def test_feedback_records_survive_a_killed_server(tmp_path: Path, db_url: str) -> None:
+    env = {**os.environ, "LORADOCK_DB_URL": db_url,
            "LORADOCK_API_KEY": "k-api", "LORADOCK_ADMIN_KEY": "k-admin",
            "LORADOCK_ADAPTERS_DIR": str(tmp_path / "adapters"), "LORADOCK_RAG_DIR": str(tmp_path / "rag")}
     api, admin = {"Authorization": "Bearer k-api"}, {"Authorization": "Bearer k-admin"}
@@ -111,13 +111,13 @@ def test_feedback_needs_the_api_key(server) -> None:
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
 
 
-def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_record() -> None:
+def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_record(db_url: str) -> None:
     import json
 
     # The real app and database path; the idle engine makes each restart take a second instead of 30.
     cmd = f"{sys.executable} -m uvicorn --factory tests.serve.feedback_server:build --log-level warning"
-    out = subprocess.run([sys.executable, str(REPO / "scripts/feedback_crash.py"), "--quick", "--server-cmd", cmd],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(REPO / "scripts/feedback_crash.py"), "--quick", "--server-cmd", cmd,
+                          "--db-url", db_url], cwd=REPO, capture_output=True, text=True, timeout=300)
     report = json.loads(out.stdout)
     assert report["killed_with_sigkill"] and report["acknowledged"] >= 100, report
     assert report["lost_acknowledged"] == 0, report

@@ -21,8 +21,8 @@ def _vote(verdict: str) -> PreferenceIn:
                         rejected_approach="adapter" if chosen == a else "prompting", verdict=verdict, annotator="ana")
 
 
-def test_data_export_command_writes_only_pairs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/fb.db"
+def test_data_export_command_writes_only_pairs(tmp_path: Path, db_url: str) -> None:
+    url = db_url
     with FeedbackStore(url) as store:
         for verdict in ("a", "b", "tie", "both_bad"):
             store.add(_vote(verdict))

@@ -69,8 +69,7 @@ def test_models_table_flags_template_mismatch() -> None:
     assert (unloaded["id"], unloaded["parent"], unloaded["loaded"]) == ("gone", "(store)", "not served")
 
 
-def _store_with_votes(tmp_path: Path) -> tuple[str, FeedbackStore]:
-    url = f"sqlite:///{tmp_path}/fb.db"
+def _store_with_votes(url: str) -> tuple[str, FeedbackStore]:
     store = FeedbackStore(url)
     a = _side("Prompting", "prompting", BASE, "No idea.")
     b = _side("Adapter: faq", "adapter", "faq", "Two years.")
@@ -79,8 +78,8 @@ def _store_with_votes(tmp_path: Path) -> tuple[str, FeedbackStore]:
     return url, store
 
 
-def test_data_tables(tmp_path: Path) -> None:
-    _, store = _store_with_votes(tmp_path)
+def test_data_tables(db_url: str) -> None:
+    _, store = _store_with_votes(db_url)
     frame = records_frame(store.list())
     assert list(frame["verdict"]) == ["both_bad", "tie", "b", "a"]
     assert frame.iloc[2]["chosen side"] == "adapter: faq"
