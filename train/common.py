@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -30,6 +31,26 @@ from loradock.train.masking import count_tokens
 
 log = logging.getLogger(__name__)
 RECIPE_FILE = "loradock-recipe.json"
+# What torchrun (accelerate launch) and the MPI launchers set in every process they start.
+_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+_SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this training process; (0, 1) unless a launcher started several processes.
+
+    Read from the launcher's environment, so it is right before the process group exists.
+    """
+
+    def first(names: tuple[str, ...], default: int) -> int:
+        return next((int(os.environ[n]) for n in names if os.environ.get(n, "").isdigit()), default)
+
+    return first(_RANK_VARS, 0), first(_SIZE_VARS, 1)
+
+
+def is_main_process() -> bool:
+    """True in the process that writes shared files (the output folder, the store): rank 0."""
+    return world()[0] == 0
 
 
 @dataclass
@@ -182,7 +203,8 @@ def total_steps(cfg: TrainConfig, n_train: int) -> int:
     """Optimizer steps the run will take (before any early stop)."""
     if cfg.max_steps > 0:
         return cfg.max_steps
-    per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
+    # Each data-parallel rank takes its own batch_size rows per step.
+    per_epoch = math.ceil(math.ceil(n_train / (cfg.batch_size * world()[1])) / cfg.grad_accum)
     return max(1, math.ceil(per_epoch * cfg.epochs))
 
 
@@ -264,6 +286,8 @@ def prepare_output_dir(ctx: Context) -> str | None:
                 )
         log.info("resuming from %s", last)
         return last
+    if not is_main_process():  # rank 0 cleans and writes the folder; the trainer saves from rank 0 only
+        return None
     if out.is_dir() and any(out.glob("checkpoint-*")):
         log.info("starting fresh: removing old checkpoints in %s (pass --resume to continue them)", out)
         shutil.rmtree(out)

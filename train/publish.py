@@ -11,7 +11,7 @@ from loradock.core.manifest import BaseIdentity, Manifest, Provenance
 from loradock.core.store import AdapterStore
 from loradock.core.template import template_sha256
 from loradock.core.validate import AdapterInvalid, ValidationLimits, validate_adapter
-from loradock.train.common import Context, PreparedData
+from loradock.train.common import Context, PreparedData, world
 
 log = logging.getLogger(__name__)
 PLOT_FILE = "loss_curve.png"
@@ -71,9 +71,16 @@ def training_metrics(
 
 
 def publish_adapter(ctx: Context, model: Any, data: PreparedData, metrics: dict[str, Any]) -> Path:
-    """Save the PEFT adapter (safetensors) with its manifest and plot, publish it, and validate it."""
+    """Save the PEFT adapter (safetensors) with its manifest and plot, publish it, and validate it.
+
+    With several training processes only rank 0 publishes; the others return the same folder.
+    """
     cfg = ctx.cfg
     store = AdapterStore(ctx.adapters_dir)
+    rank, world_size = world()
+    if rank != 0:
+        log.info("rank %d of %d: rank 0 publishes %s", rank, world_size, cfg.name)
+        return store.path(cfg.name)
     manifest = Manifest(
         name=cfg.name,
         base=BaseIdentity(name=ctx.base.name, sha256=ctx.base.sha256),
@@ -86,6 +93,7 @@ def publish_adapter(ctx: Context, model: Any, data: PreparedData, metrics: dict[
             recipe=cfg.resolved(),
             data_sha256=data.sha256,
             data_rows=len(data.train) + len(data.val),
+            world_size=world_size,
         ),
         metrics={
             **metrics,
