@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -24,6 +26,7 @@ from loradock.serve.metrics import Metrics
 from loradock.serve.routes import adapters as adapter_routes
 from loradock.serve.routes import admin, inference, models, system
 from loradock.serve.routes import feedback as feedback_routes
+from loradock.serve.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ async def _start(app: FastAPI) -> None:
     state = app.state
     settings: Settings = state.settings
     await state.engine.start()
-    state.registry.scan()
+    await state.registry.sync()
     for name in settings.pinned_adapters:
         await state.registry.load(name, None, pin=True, force=False)
     state.watcher = asyncio.create_task(state.registry.watch(settings.store_poll_seconds))
@@ -81,15 +84,24 @@ async def _start(app: FastAPI) -> None:
              len(state.registry.names()), settings.adapters_dir)
 
 
-def _log_start_failure(task: asyncio.Task) -> None:
+def _fatal(app: FastAPI, reason: str) -> None:
+    """The server cannot serve and will not recover by itself: stop it (exit non-zero when it owns the process)."""
+    if getattr(app.state, "exit_reason", None) is None:
+        app.state.exit_reason = reason
+        if app.state.exit_on_fatal:
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully; the lifespan then exits 1
+
+
+def _log_start_failure(app: FastAPI, task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("engine start failed: %r", task.exception())
+        log.error("start failed: %r", task.exception())
+        _fatal(app, f"start failed: {task.exception()!r}")
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     starter = asyncio.create_task(_start(app))
-    starter.add_done_callback(_log_start_failure)
+    starter.add_done_callback(lambda task: _log_start_failure(app, task))
     app.state.starter = starter
     try:
         yield
@@ -100,26 +112,42 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 with suppress(asyncio.CancelledError, Exception):
                     await task
         await app.state.engine.shutdown()
+        reason = getattr(app.state, "exit_reason", None)
+        if reason and app.state.exit_on_fatal:
+            log.critical("loradock serve exits: %s", reason)
+            logging.shutdown()
+            os._exit(1)  # uvicorn would exit 0 (or re-raise SIGTERM); a supervisor must see a failure
 
 
 def create_app(settings: Settings, engine: Engine | None = None, retriever: Retriever | None = None,
-               feedback: object | None = None) -> FastAPI:
-    """Build the app. ``engine`` defaults to the real vLLM engine; tests may pass a fake."""
+               feedback: object | None = None, exit_on_fatal: bool = False) -> FastAPI:
+    """Build the app. ``engine`` defaults to the real vLLM engine; tests may pass a fake.
+
+    The engine runs under an :class:`EngineSupervisor` (restarted when its core dies). ``exit_on_fatal``: the
+    app owns its process (``loradock serve``), so an engine that cannot start or keeps dying ends the process
+    with exit code 1; otherwise ``app.state.exit_reason`` says why the app stopped serving.
+    """
     app = FastAPI(title="loradock", version=__version__, lifespan=_lifespan,
                   description="OpenAI-compatible server: one base model, many hot-swappable LoRA adapters.")
-    engine = engine or VLLMEngine(settings)
+    metrics = Metrics()
+    supervised = EngineSupervisor(engine or VLLMEngine(settings), max_restarts=settings.engine_max_restarts,
+                                  window_s=settings.engine_restart_window_s, count=metrics.engine_restarts.inc,
+                                  on_fatal=lambda reason: _fatal(app, reason))
+    engine = supervised
     base = load_base_info(settings.base_model, settings.served_base_name)
     limits = ValidationLimits(max_rank=settings.max_lora_rank, max_bytes=settings.max_adapter_bytes)
     registry = AdapterRegistry(AdapterStore(settings.adapters_dir), base, limits, engine,
-                               pinned=set(settings.pinned_adapters))
-    metrics = Metrics()
+                               pinned=set(settings.pinned_adapters), keep_versions=settings.keep_versions)
+    supervised.on_restart = registry.engine_restarted
     state = app.state
     state.settings, state.engine, state.registry, state.metrics = settings, engine, registry, metrics
     state.base, state.template_sha256, state.ready = base, template_sha256(), False
+    state.exit_on_fatal, state.exit_reason = exit_on_fatal, None
     state.feedback = feedback
     state.generation = GenerationService(settings, engine, registry, metrics, retriever)
     install_error_handlers(app)
     for module in (system, models, inference, admin, feedback_routes, adapter_routes):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(admin.reader)
     return app

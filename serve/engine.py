@@ -14,17 +14,30 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loradock.core.settings import Settings
+from loradock.serve.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoRATarget:
-    """An adapter as the engine knows it: a unique integer id per (name, folder version)."""
+    """An adapter version as the engine knows it: a unique integer id, name ``adapter@version`` and the
+    version's own immutable folder, so no cache, prefix block or LRU reload can mix two versions."""
 
     name: str
     int_id: int
     path: str
+    adapter: str = ""  # the store name the version belongs to
+    version: int = 0
+
+
+class EngineUnavailable(Unavailable):
+    """The engine cannot serve now: its core died, it is restarting, or it stopped. 503 with Retry-After;
+    streams in flight end with this as their SSE error event."""
+
+    def __init__(self, message: str = "the engine is restarting; retry in a few seconds",
+                 retry_after: int = 5) -> None:
+        super().__init__(message, code="engine_unavailable", headers={"Retry-After": str(retry_after)})
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,13 @@ class VLLMEngine:
         # Built in a worker thread so /health can answer 503 while the engine starts (about 30 s on CPU).
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self.engine_args())
 
+    def _live(self) -> Any:
+        """The running AsyncLLM, or EngineUnavailable when there is none or its core has died."""
+        llm = self.llm
+        if llm is None or llm.errored:
+            raise EngineUnavailable()
+        return llm
+
     def _sampling(self, p: GenParams) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -136,38 +156,61 @@ class VLLMEngine:
                        lora: LoRATarget | None) -> AsyncIterator[Step]:
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         lora_request = LoRARequest(lora.name, lora.int_id, lora.path) if lora else None
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), self._sampling(params),
-                                           request_id, lora_request=lora_request):
-            choices = [
-                ChoiceDelta(index=c.index, text=c.text, token_ids=list(c.token_ids),
-                            logprobs=_logprobs(c.logprobs, list(c.token_ids), self.tokenizer),
-                            finish_reason=c.finish_reason)
-                for c in out.outputs
-            ]
-            yield Step(choices=choices, prompt_tokens=len(out.prompt_token_ids or prompt_ids), finished=out.finished)
+        outputs = self._live().generate(TokensPrompt(prompt_token_ids=prompt_ids), self._sampling(params),
+                                        request_id, lora_request=lora_request)
+        try:
+            async for out in outputs:
+                yield self._step(out, prompt_ids)
+        except EngineDeadError as e:
+            raise EngineUnavailable("the engine stopped while generating; it restarts by itself, retry in a few "
+                                    "seconds") from e
+        finally:
+            await outputs.aclose()
+
+    def _step(self, out: Any, prompt_ids: list[int]) -> Step:
+        choices = [
+            ChoiceDelta(index=c.index, text=c.text, token_ids=list(c.token_ids),
+                        logprobs=_logprobs(c.logprobs, list(c.token_ids), self.tokenizer),
+                        finish_reason=c.finish_reason)
+            for c in out.outputs
+        ]
+        return Step(choices=choices, prompt_tokens=len(out.prompt_token_ids or prompt_ids), finished=out.finished)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """An AsyncLLM method, with vLLM's EngineDeadError as loradock's EngineUnavailable."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return await getattr(self._live(), method)(*args)
+        except EngineDeadError as e:
+            raise EngineUnavailable() from e
 
     async def abort(self, request_id: str) -> None:
-        await self.llm.abort(request_id)
+        if self.llm is not None and not self.llm.errored:
+            await self._call("abort", request_id)
 
     async def add_lora(self, lora: LoRATarget) -> None:
         from vllm.lora.request import LoRARequest
 
-        await self.llm.add_lora(LoRARequest(lora.name, lora.int_id, lora.path))
+        await self._call("add_lora", LoRARequest(lora.name, lora.int_id, lora.path))
 
     async def remove_lora(self, int_id: int) -> bool:
-        return bool(await self.llm.remove_lora(int_id))
+        return bool(await self._call("remove_lora", int_id))
 
     async def pin_lora(self, int_id: int) -> None:
-        await self.llm.pin_lora(int_id)
+        await self._call("pin_lora", int_id)
 
     async def resident_loras(self) -> set[int]:
-        return set(await self.llm.list_loras())
+        return set(await self._call("list_loras"))
 
     async def check_health(self) -> None:
-        await self.llm.check_health()
+        await self._call("check_health")
 
     async def shutdown(self) -> None:
-        if self.llm is not None:
-            self.llm.shutdown()
+        """Stop the engine (its processes too); :meth:`start` may build a fresh one afterwards."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)

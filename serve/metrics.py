@@ -28,6 +28,11 @@ class Metrics:
         self.adapters = Gauge("loradock_adapters_servable", "Valid adapters in the store.", registry=r)
         self.adapter_loads = Counter("loradock_adapter_loads", "Adapter loads into the engine.", ["model"],
                                      registry=r)
+        self.engine_restarts = Counter("loradock_engine_restarts", "Times the engine was rebuilt after its core "
+                                       "died.", registry=r)
+        self.versions_open = Gauge("loradock_adapter_versions_open", "Adapter versions held by requests or "
+                                   "resident (old ones leave once drained).", registry=r)
+        self.store_invalid = Gauge("loradock_store_invalid", "Store entries refused by validation.", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -127,6 +127,8 @@ class ModelCard(BaseModel):
     template_sha256: str | None = None
     pinned: bool = False
     description: str = ""
+    version: int | None = Field(None, description="The adapter's current version; `id@version` pins it.")
+    content_sha256: str | None = Field(None, description="SHA-256 over the current version's files.")
 
 
 class ModelList(BaseModel):

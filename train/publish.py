@@ -104,18 +104,23 @@ def publish_adapter(ctx: Context, model: Any, data: PreparedData, metrics: dict[
         },
         description=cfg.description,
     )
+    limits = ValidationLimits(max_rank=ctx.settings.max_lora_rank, max_bytes=ctx.settings.max_adapter_bytes)
+
+    def validate(folder: Path, name: str) -> Manifest:
+        return validate_adapter(folder, ctx.base, limits, name=name)
+
     with store.staging(cfg.name) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card; the manifest says it all
         plot_losses(metrics, f"{cfg.name} ({cfg.method})", tmp / PLOT_FILE)
-        target = store.publish(tmp, manifest, overwrite=cfg.overwrite)
-    limits = ValidationLimits(max_rank=ctx.settings.max_lora_rank, max_bytes=ctx.settings.max_adapter_bytes)
-    try:
-        validate_adapter(target, ctx.base, limits)
-    except AdapterInvalid as e:
-        store.remove(cfg.name)
-        raise AdapterInvalid(e.code, f"published adapter failed validation and was removed: {e.message}") from e
-    log.info("adapter %s published to %s and validated", cfg.name, target)
+        try:  # a snapshot is validated first; a refused adapter is never visible in the store
+            target = store.publish(tmp, manifest, overwrite=cfg.overwrite, limits=limits, validator=validate)
+        except AdapterInvalid as e:
+            raise AdapterInvalid(e.code, f"the trained adapter failed validation and was not published: "
+                                         f"{e.message}") from e
+    current = store.versions.current(cfg.name)
+    log.info("adapter %s validated and published to %s (version %s)", cfg.name, target,
+             current.number if current else "?")
     return target
 
 

@@ -24,7 +24,7 @@ async def list_models(request: Request) -> ModelList:
         cards.append(ModelCard(id=name, created=int(m.created.timestamp()), root=e.target.path, parent=base,
                                max_model_len=state.settings.max_model_len, loaded=e.target.int_id in resident,
                                rank=m.rank, template_sha256=m.template_sha256, pinned=e.pinned,
-                               description=m.description))
+                               description=m.description, version=e.version, content_sha256=e.content_sha256))
     state.metrics.resident.set(len(resident))
     state.metrics.adapters.set(len(registry.names()))
     return ModelList(data=cards)

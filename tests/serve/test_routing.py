@@ -52,9 +52,9 @@ def _chat(tc, model, **kw):
 def test_requests_route_to_their_adapter_and_load_just_in_time(app_env):
     tc, engine, _, _ = app_env
     assert engine.resident == {}
-    assert _chat(tc, "alpha").json()["choices"][0]["message"]["content"].startswith("[alpha]")
+    assert _chat(tc, "alpha").json()["choices"][0]["message"]["content"].startswith("[alpha@1]")
     assert _chat(tc, "SmolLM2-135M-Instruct").json()["choices"][0]["message"]["content"].startswith("[base]")
-    assert [t.name for t in engine.resident.values()] == ["alpha"]
+    assert [t.name for t in engine.resident.values()] == ["alpha@1"]  # the engine sees one name per version
 
 
 def test_republished_adapter_gets_a_new_engine_id(app_env):
@@ -62,7 +62,7 @@ def test_republished_adapter_gets_a_new_engine_id(app_env):
     _chat(tc, "alpha")
     old = app.state.registry.entries["alpha"].target.int_id
     manifest = store.read_manifest("alpha")
-    store.copy_from(store.path("alpha"), manifest, overwrite=True)
+    store.copy_from(store.path("beta"), manifest, overwrite=True)  # new weights: same content is the same version
     deadline = time.monotonic() + 5
     while app.state.registry.entries.get("alpha", None) is not None and \
             app.state.registry.entries["alpha"].target.int_id == old and time.monotonic() < deadline:
@@ -95,7 +95,8 @@ def test_alias_load_by_path_inside_the_store(app_env):
     r = tc.post("/v1/load_lora_adapter", headers=ADMIN,
                 json={"lora_name": "alpha-alias", "lora_path": str(store.path("alpha"))})
     assert r.status_code == 200, r.text
-    assert _chat(tc, "alpha-alias").json()["choices"][0]["message"]["content"].startswith("[alpha-alias]")
+    # The alias serves alpha's current version: the same engine entry, not a second copy.
+    assert _chat(tc, "alpha-alias").json()["choices"][0]["message"]["content"].startswith("[alpha@1]")
 
 
 def test_admission_control_answers_429_with_retry_after(app_env):

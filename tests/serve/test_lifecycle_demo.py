@@ -1,0 +1,31 @@
+"""`loradock demo` keeps its children running: one that dies is started again, one that keeps dying is fatal."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+
+from loradock.core.procs import offline_env
+from loradock.demo import ChildFailed, Children
+
+
+def test_a_child_that_dies_is_restarted_and_one_that_keeps_dying_ends_the_demo():
+    children = Children(max_restarts=2, window_s=600)
+    child = children.start("server", [sys.executable, "-c", "import time; time.sleep(600)"], offline_env())
+    try:
+        assert children.check() == []
+        for _ in range(2):
+            first = child.proc
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            assert children.check() == ["server"]
+            assert child.proc is not first and child.proc.poll() is None
+        child.proc.send_signal(signal.SIGKILL)
+        child.proc.wait(10)
+        with pytest.raises(ChildFailed, match=r"the server exited with code -9 3 times"):
+            children.check()
+    finally:
+        children.stop(timeout=5)
+    assert child.proc.poll() is not None
