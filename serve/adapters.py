@@ -116,7 +116,7 @@ class AdapterRegistry:
         return self._ids[label]
 
     def _target(self, record: VersionRecord) -> LoRATarget:
-        return LoRATarget(name=record.label, int_id=self._engine_id(record.label), path=str(record.folder.resolve()),
+        return LoRATarget(name=record.label, int_id=self._engine_id(record.label), path=str(record.folder.absolute()),
                           adapter=record.name, version=record.number)
 
     @property
@@ -288,11 +288,10 @@ class AdapterRegistry:
         """Serve (and load now) an adapter from the store, by name or by a path inside the store."""
         try:
             check_name(name)
-            folder = self.store.resolve_inside(path) if path else self.store.path(name)
+            store_name, found = await asyncio.to_thread(self._locate, name, path)
         except (StoreError, ValueError) as e:
             raise BadRequest(str(e), param="lora_path" if path else "lora_name", code="invalid_adapter_path") from e
-        store_name = folder.name
-        if not (folder.exists() or folder.is_symlink() or self.store.versions.dir(store_name).is_dir()):
+        if not found:
             raise NotFound(f"no adapter folder {store_name!r} in the store {self.store.root}", param="lora_name",
                            code="adapter_not_found")
         if force:
@@ -315,6 +314,11 @@ class AdapterRegistry:
         if served is None:
             raise NotFound(f"adapter {name!r} has no current version", param="lora_name", code="adapter_not_found")
         return served
+
+    def _locate(self, name: str, path: str | None) -> tuple[str, bool]:
+        """The store name a load refers to, and whether the store has it (a folder or kept versions)."""
+        folder = self.store.resolve_inside(path) if path else self.store.path(name)
+        return folder.name, os.path.lexists(folder) or self.store.versions.dir(folder.name).is_dir()
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name`` until it is loaded again; its version leaves the engine once drained."""

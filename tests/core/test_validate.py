@@ -147,6 +147,14 @@ def test_deep_json_missing_files_and_too_many_files(adapter, base_info):
     assert _code(adapter, base_info) == "too_many_files"
 
 
+def test_every_file_has_a_size_cap(adapter, base_info):
+    (adapter / "loss_curve.png").write_bytes(b"\0" * ((16 << 20) + 1))
+    assert _code(adapter, base_info) == "too_large"
+    (adapter / "loss_curve.png").unlink()
+    (adapter / "adapter_config.json").write_text(" " * ((1 << 20) + 1))
+    assert _code(adapter, base_info) == "too_large"
+
+
 def test_fifo_symlinks_and_folders_are_refused_without_blocking(adapter, base_info, tmp_path):
     outside = tmp_path / "outside.safetensors"
     shutil.move(adapter / WEIGHTS, outside)
