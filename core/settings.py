@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_n: int = Field(8, description="Largest n (choices per request).")
     feedback_per_minute: int = Field(120, description="Feedback records one key may store per minute "
                                      "(a burst of as many, then a steady rate); 0 = no limit.")
+    ray_dashboard_port: int = Field(8265, description="`serve --replicas`: Ray's dashboard port (on 127.0.0.1).")
+    ray_metrics_port: int = Field(0, description="`serve --replicas`: Ray's Prometheus metrics port (on "
+                                                 "127.0.0.1; 0 = Ray picks one).")
 
     @field_validator("max_lora_rank", "max_loras", "max_cpu_loras", "max_model_len", "max_tokens_cap")
     @classmethod

@@ -25,6 +25,8 @@ def serve_cmd(
     tensor_parallel_size: int = typer.Option(None, help="vLLM tensor parallelism (GPUs)."),
     pipeline_parallel_size: int = typer.Option(None, help="vLLM pipeline parallelism."),
     pin: list[str] = typer.Option(None, "--pin", help="Adapter to load at start and never evict (repeatable)."),
+    replicas: int = typer.Option(0, "--replicas", min=0, help="Run N full servers as Ray Serve replicas behind one "
+                                 "adapter-aware endpoint (needs `make setup RAY=1`); 0: this process only."),
 ) -> None:
     """Run the OpenAI-compatible server: one base model, adapters chosen per request by `model`."""
     import uvicorn
@@ -41,6 +43,11 @@ def serve_cmd(
     from loradock.rag.index import RagStore
 
     _check_port_free(settings.host, settings.port)  # before the engine starts, not after 30 s of loading
+    if replicas:
+        from loradock.serve.replicas.run import serve_replicas
+
+        serve_replicas(settings, replicas)
+        return
     app = create_app(settings, retriever=RagStore(settings.rag_dir), feedback=FeedbackStore(settings.db_url))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -10,6 +13,7 @@ _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.replica: str | None = None  # set by a Ray Serve replica: every sample then carries replica="<id>"
         r = self.registry
         self.requests = Counter("loradock_requests", "Inference requests by model and outcome.",
                                 ["model", "endpoint", "status"], registry=r)
@@ -35,4 +39,19 @@ class Metrics:
         self.store_invalid = Gauge("loradock_store_invalid", "Store entries refused by validation.", registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.replica is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, "replica", self.replica))
+
+
+class _Labelled:
+    """A registry's metrics with one more label on every sample."""
+
+    def __init__(self, registry: CollectorRegistry, label: str, value: str) -> None:
+        self.registry, self.label, self.value = registry, label, value
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [s._replace(labels={**s.labels, self.label: self.value}) for s in family.samples]
+            yield out
