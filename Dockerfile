@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # loradock images. Default target: GPU (official vLLM build). CPU: `docker build --target cpu -t loradock:cpu .`
 #   docker build -t loradock:gpu .
-#   docker run --gpus all -p 8000:8000 -p 7860:7860 -v loradock-adapters:/app/adapters -v loradock-var:/app/var loradock:gpu
+#   docker run --gpus all -p 8000:8000 -p 7860:7860 -e LORADOCK_API_KEY=... -e LORADOCK_ADMIN_KEY=... \
+#     -v loradock-adapters:/app/adapters -v loradock-var:/app/var loradock:gpu
+# No open-to-the-world defaults: on 0.0.0.0 the server refuses to start without both keys (LORADOCK_INSECURE=1
+# overrides, on purpose only), and /metrics, /docs and /openapi.json need the admin key (or LORADOCK_METRICS_KEY).
 # Dependencies are installed by scripts/install_deps.sh, the same script `make setup` runs.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -56,6 +59,7 @@ RUN python -m pip install --no-deps --no-build-isolation -e . \
 # ---- runtime targets -----------------------------------------------------------------------------------
 FROM app-cpu AS cpu
 ENV LORADOCK_HOST=0.0.0.0 \
+    LORADOCK_METRICS_OPEN=false \
     LORADOCK_DTYPE=float32 \
     VLLM_CPU_KVCACHE_SPACE=1
 USER 10001
@@ -67,6 +71,7 @@ CMD ["loradock", "demo", "--host", "0.0.0.0"]
 
 FROM app-gpu AS gpu
 ENV LORADOCK_HOST=0.0.0.0 \
+    LORADOCK_METRICS_OPEN=false \
     LORADOCK_DTYPE=bfloat16 \
     LORADOCK_GPU_MEMORY_UTILIZATION=0.9
 USER 10001

@@ -55,6 +55,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, description="Largest request body.")
     max_waiting: int = Field(256, description="Requests queued beyond the running ones before 429.")
     max_n: int = Field(8, description="Largest n (choices per request).")
+    metrics_key: SecretStr | None = Field(
+        None, description="Bearer (or HTTP Basic password) key for /metrics, /docs and /openapi.json; "
+                          "they are open when unset and metrics_open is true, like vLLM's.")
+    metrics_open: bool = Field(True, description="False: without a metrics key, /metrics and /docs need the "
+                                                 "admin key (the Docker image sets this).")
+    insecure: bool = Field(False, description="Allow serving on a non-loopback address without API and admin "
+                                              "keys (LORADOCK_INSECURE=1 or --insecure).")
+    header_timeout_s: float = Field(10.0, gt=0, description="Close a connection whose request line and "
+                                                            "headers take longer than this to arrive.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Answer 408 when a request body takes longer than "
+                                                          "this to arrive.")
+    keep_alive_s: int = Field(5, ge=1, description="Close an idle keep-alive connection after this.")
+    test_fault_marker: str | None = Field(
+        None, description="Tests only: a prompt containing this text fails mid-generation after 3 steps.")
     feedback_per_minute: int = Field(120, description="Feedback records one key may store per minute "
                                      "(a burst of as many, then a steady rate); 0 = no limit.")
     ray_dashboard_port: int = Field(8265, description="`serve --replicas`: Ray's dashboard port (on 127.0.0.1).")

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loradock import __version__
 from loradock.core.base_model import load_base_info
@@ -19,9 +18,11 @@ from loradock.core.store import AdapterStore
 from loradock.core.template import template_sha256
 from loradock.core.validate import ValidationLimits
 from loradock.serve.adapters import AdapterRegistry
+from loradock.serve.auth import OperatorPaths, operator_keys
 from loradock.serve.engine import Engine, VLLMEngine
-from loradock.serve.errors import PayloadTooLarge, error_response, install_error_handlers
+from loradock.serve.errors import install_error_handlers
 from loradock.serve.generation import GenerationService, Retriever
+from loradock.serve.limits import BodyLimit
 from loradock.serve.metrics import Metrics
 from loradock.serve.routes import adapters as adapter_routes
 from loradock.serve.routes import admin, inference, models, system
@@ -29,42 +30,6 @@ from loradock.serve.routes import feedback as feedback_routes
 from loradock.serve.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
-
-
-class BodyLimit:
-    """Refuse request bodies above ``max_bytes`` with an OpenAI-shaped 413, before parsing them."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = PayloadTooLarge(f"request body is larger than this server's limit of {self.max_bytes} bytes",
-                                    code="body_too_large")
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await error_response(too_large)(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await error_response(too_large)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _start(app: FastAPI) -> None:
@@ -148,6 +113,7 @@ def create_app(settings: Settings, engine: Engine | None = None, retriever: Retr
     install_error_handlers(app)
     for module in (system, models, inference, admin, feedback_routes, adapter_routes):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(admin.reader)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(OperatorPaths, keys=operator_keys(settings))
     return app

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from typing import Any
 
 from loradock.core.template import TemplateError, encode
-from loradock.serve.engine import ChoiceDelta, TokenLogprob
+from loradock.serve.engine import ChoiceDelta, GenParams, TokenLogprob
 from loradock.serve.errors import BadRequest
 from loradock.serve.generation import GenerationService, Prepared
 from loradock.serve.schemas import ChatCompletionRequest, Passage, new_id, now, passages_json
@@ -23,30 +24,50 @@ def with_passages(messages: list[dict[str, str]], passages: list[Passage]) -> li
     return out
 
 
-async def prepare_chat(service: GenerationService, req: ChatCompletionRequest) -> Prepared:
-    """Check limits, retrieve passages if asked, render the template, and resolve the model."""
+def _structured(req: ChatCompletionRequest) -> dict[str, Any] | None:
+    """response_format as vLLM structured-output fields (xgrammar constrains decoding to the format)."""
+    rf = req.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        return {"json_object": True}
+    assert rf.json_schema is not None  # checked by the schema
+    return {"json": rf.json_schema.json_schema}
+
+
+async def prepare_chat(service: GenerationService, req: ChatCompletionRequest, resources: AsyncExitStack) -> Prepared:
+    """Check limits, resolve the model, retrieve passages if asked, render the template (off the event loop)."""
     settings = service.settings
     if len(req.messages) > settings.max_messages:
         raise BadRequest(f"{len(req.messages)} messages is above this server's limit "
                          f"{settings.max_messages}", param="messages", code="too_many_messages")
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    # OpenAI's `developer` role is its newer name for `system`.
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     if not any(m["role"] == "user" for m in messages):
         raise BadRequest("messages must contain at least one user message", param="messages")
+    if req.rag is not None and service.retriever is None:
+        raise BadRequest("retrieval is not enabled on this server", param="rag")
+    lora = await service.resolve(req.model, resources)
     passages = None
-    if req.rag is not None:
-        if service.retriever is None:
-            raise BadRequest("retrieval is not enabled on this server", param="rag")
+    if req.rag is not None and service.retriever is not None:
         query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         passages = await asyncio.to_thread(service.retriever.retrieve, req.rag.collection, query, req.rag.top_k)
         messages = with_passages(messages, passages)
-    lora = await service.resolve(req.model)
-    try:
-        prompt_ids = encode(service.engine.tokenizer, messages, add_generation_prompt=True)
-    except TemplateError as e:
-        raise BadRequest(str(e), param="messages") from e
     k = req.top_logprobs if req.logprobs else None
-    params = service.params(req, len(prompt_ids), req.effective_max_tokens(), (k or 0) if req.logprobs else None)
-    return Prepared(req.model, lora, prompt_ids, params, top_logprobs=k, passages=passages)
+    structured = _structured(req)
+
+    def render() -> tuple[list[int], GenParams]:
+        try:
+            prompt_ids = encode(service.engine.tokenizer, messages, add_generation_prompt=True)
+        except TemplateError as e:
+            raise BadRequest(str(e), param="messages") from e
+        params = service.params(req, len(prompt_ids), req.effective_max_tokens(), (k or 0) if req.logprobs else None,
+                                structured)
+        return prompt_ids, params
+
+    prompt_ids, params = await service.off_loop(render)
+    return Prepared(req.model, lora, prompt_ids, params, top_logprobs=k, passages=passages,
+                    include_usage=req.include_usage())
 
 
 def _logprobs(lps: list[TokenLogprob] | None, k: int | None) -> dict[str, Any] | None:

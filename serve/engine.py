@@ -53,6 +53,24 @@ class GenParams:
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
     stream: bool = False
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    stop_token_ids: list[int] | None = None
+    logit_bias: dict[int, float] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    structured: dict[str, Any] | None = None  # vLLM StructuredOutputsParams fields: {"json": schema} ...
+
+
+class ParamsRejected(ValueError):
+    """The engine refuses these sampling parameters (the client's fault): vLLM's own checks, run up front."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -84,6 +102,7 @@ class Engine(Protocol):
     tokenizer: Any
 
     async def start(self) -> None: ...
+    def check(self, params: GenParams) -> None: ...
     def generate(self, prompt_ids: list[int], params: GenParams, request_id: str,
                  lora: LoRATarget | None) -> AsyncIterator[Step]: ...
     async def abort(self, request_id: str) -> None: ...
@@ -143,14 +162,31 @@ class VLLMEngine:
 
     def _sampling(self, p: GenParams) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         return SamplingParams(
             n=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
             seed=p.seed, logprobs=p.logprobs, presence_penalty=p.presence_penalty,
-            frequency_penalty=p.frequency_penalty, ignore_eos=p.ignore_eos,
+            frequency_penalty=p.frequency_penalty, ignore_eos=p.ignore_eos, top_k=p.top_k, min_p=p.min_p,
+            repetition_penalty=p.repetition_penalty, min_tokens=p.min_tokens, stop_token_ids=p.stop_token_ids,
+            logit_bias=p.logit_bias, include_stop_str_in_output=p.include_stop_str_in_output,
+            skip_special_tokens=p.skip_special_tokens, spaces_between_special_tokens=p.spaces_between_special_tokens,
+            structured_outputs=StructuredOutputsParams(**p.structured) if p.structured else None,
             output_kind=RequestOutputKind.DELTA if p.stream else RequestOutputKind.FINAL_ONLY,
         )
+
+    def check(self, params: GenParams) -> None:
+        """Run vLLM's own request checks (SamplingParams, then verify against the model: logprobs, token ids,
+        structured-output grammar) here, so the engine never sees what it would refuse. CPU work: run it in
+        a worker thread."""
+        from vllm.exceptions import VLLMValidationError
+
+        ip = self._live().input_processor
+        try:
+            self._sampling(params).verify(ip.model_config, ip.speculative_config, ip.structured_outputs_config,
+                                          ip.tokenizer)
+        except (VLLMValidationError, ValueError, TypeError) as e:
+            raise ParamsRejected(str(e.args[0]) if e.args else str(e), getattr(e, "parameter", None)) from e
 
     async def generate(self, prompt_ids: list[int], params: GenParams, request_id: str,
                        lora: LoRATarget | None) -> AsyncIterator[Step]:

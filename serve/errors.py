@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,6 +54,10 @@ class Conflict(APIError):
     status = 409
 
 
+class RequestTimeout(APIError):
+    status = 408
+
+
 class PayloadTooLarge(APIError):
     status = 413
 
@@ -66,9 +71,23 @@ class TooManyRequests(APIError):
     type = "rate_limit_error"
 
 
+class ServerError(APIError):
+    status = 500
+    type = "server_error"
+
+
 class Unavailable(APIError):
     status = 503
     type = "service_unavailable"
+
+
+# An absolute POSIX path of two or more parts (not part of a URL): what non-admin callers must not see.
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+def redact_paths(text: str) -> str:
+    """Replace absolute server paths with their last part ('/srv/adapters/x' -> 'x')."""
+    return _ABS_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def from_rag(exc: RagError) -> APIError:
@@ -77,16 +96,33 @@ def from_rag(exc: RagError) -> APIError:
     return cls(exc.message, param=exc.param, code=exc.code)
 
 
-def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: APIError, redact: bool = False) -> JSONResponse:
+    body = err.body()
+    if redact:
+        body["error"]["message"] = redact_paths(body["error"]["message"])
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def _redact(request: Request) -> bool:
+    """Admin-key callers see server paths in messages; everyone else gets them redacted."""
+    return not getattr(request.state, "admin", False)
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic names the union member it tried in the error location ('str', 'list[TextPart]', ...)."""
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part.startswith("function-"))
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "null"})
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request body", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    # The deepest problem is the most specific one (for a union: the member that came closest).
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path") and not _is_union_tag(p)]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
@@ -97,17 +133,17 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error a client can cause leaves as a 4xx OpenAI-shaped body; crashes as a shaped 500."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc, _redact(request))
 
     @app.exception_handler(RagError)
-    async def _rag_error(_: Request, exc: RagError) -> JSONResponse:
-        return error_response(from_rag(exc))
+    async def _rag_error(request: Request, exc: RagError) -> JSONResponse:
+        return error_response(from_rag(exc), _redact(request))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(BadRequest(message, param=param, code="invalid_parameter"))
+        return error_response(BadRequest(message, param=param, code="invalid_parameter"), _redact(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 
 from loradock.serve.auth import require_api_key, require_ready
 from loradock.serve.chat import ChatWire, prepare_chat
@@ -13,14 +14,10 @@ router = APIRouter(dependencies=[Depends(require_ready), Depends(require_api_key
 
 
 @router.post("/v1/chat/completions", summary="Chat completion (base model or an adapter named in `model`)")
-async def chat_completions(body: ChatCompletionRequest, request: Request):
-    service = request.app.state.generation
-    request.state.include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await service.run(ChatWire, await prepare_chat(service, body), request)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await request.app.state.generation.handle(ChatWire, body, request, prepare_chat)
 
 
 @router.post("/v1/completions", summary="Text completion on a raw prompt (no chat template)")
-async def completions(body: CompletionRequest, request: Request):
-    service = request.app.state.generation
-    request.state.include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await service.run(CompletionWire, await prepare_completion(service, body), request)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    return await request.app.state.generation.handle(CompletionWire, body, request, prepare_completion)

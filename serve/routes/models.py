@@ -16,12 +16,14 @@ async def list_models(request: Request) -> ModelList:
     base, registry = state.settings.served_base_name, state.registry
     await registry.sync()
     resident = await state.engine.resident_loras()
-    cards = [ModelCard(id=base, root=str(state.settings.base_model), loaded=True,
+    admin = getattr(request.state, "admin", False)  # server paths are for admin-key callers only
+    cards = [ModelCard(id=base, root=str(state.settings.base_model) if admin else None, loaded=True,
                        max_model_len=state.settings.max_model_len, template_sha256=state.template_sha256)]
     for name in registry.names():
         e = registry.entries[name]
         m = e.manifest
-        cards.append(ModelCard(id=name, created=int(m.created.timestamp()), root=e.target.path, parent=base,
+        cards.append(ModelCard(id=name, created=int(m.created.timestamp()),
+                               root=e.target.path if admin else None, parent=base,
                                max_model_len=state.settings.max_model_len, loaded=e.target.int_id in resident,
                                rank=m.rank, template_sha256=m.template_sha256, pinned=e.pinned,
                                description=m.description, version=e.version, content_sha256=e.content_sha256))

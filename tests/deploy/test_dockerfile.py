@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -91,3 +92,35 @@ def test_every_copied_path_exists():
 @pytest.mark.parametrize("target", ["setup", "test", "demo"])
 def test_readme_shows_the_make_targets(target):
     assert f"make {target}" in (REPO / "README.md").read_text() or target == "setup"
+
+
+def _env(body: str) -> dict[str, str]:
+    """The ENV assignments of a stage body (one ENV instruction, backslash-continued)."""
+    text = body.replace("\\\n", " ")
+    pairs: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.+)$", text, flags=re.M):
+        pairs.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    return pairs
+
+
+def test_runtime_targets_have_no_open_to_the_world_defaults():
+    for _, name, body in _stages():
+        env = _env(body)
+        # No stage bakes keys in or turns the refusal off.
+        assert not {"LORADOCK_API_KEY", "LORADOCK_ADMIN_KEY", "LORADOCK_METRICS_KEY", "LORADOCK_INSECURE"} & set(env)
+        assert "--insecure" not in body
+        if name in ("cpu", "gpu"):
+            # The container binds all interfaces, so `loradock serve`/`demo` refuse to start there without
+            # both keys (tests/serve/test_contract_http.py); operator paths are closed to non-admins.
+            assert env["LORADOCK_HOST"] == "0.0.0.0" and env["LORADOCK_METRICS_OPEN"] == "false"
+            cmd = re.search(r"^CMD\s+(\[.*\])$", body, flags=re.M)
+            assert cmd and json.loads(cmd.group(1))[:2] == ["loradock", "demo"]
+
+
+def test_the_refusal_names_what_to_set():
+    from loradock.core.settings import Settings
+    from loradock.serve.cli import refuse_open_bind
+
+    with pytest.raises(Exception) as err:
+        refuse_open_bind(Settings(host="0.0.0.0", api_key=None, admin_key=None, insecure=False))
+    assert "LORADOCK_API_KEY" in str(err.value) and "LORADOCK_INSECURE=1" in str(err.value)

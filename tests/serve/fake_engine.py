@@ -22,6 +22,9 @@ class FakeEngine:
     async def start(self) -> None:
         return None
 
+    def check(self, params: GenParams) -> None:
+        return None
+
     async def generate(self, prompt_ids: list[int], params: GenParams, request_id: str,
                        lora: LoRATarget | None) -> AsyncIterator[Step]:
         words = [f"[{lora.name if lora else 'base'}]"] + [f" w{i}" for i in range(params.max_tokens - 1)]
