@@ -2,7 +2,8 @@
 
 vLLM's CPU ops (``vllm/lora/ops/torch_ops``) gather a per-row copy of the adapter weights
 (``weights[indices]``) and run an einsum, in every LoRA layer of every step. Here the rows of a step are
-grouped by slot once (:func:`plan_segments`); each layer then runs batched matmuls over the slots in use.
+grouped by slot once (:func:`plan_segments`, called when vLLM updates the step's mapping, outside the model's
+forward); each layer then runs batched matmuls over the slots in use.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-_PLAN_ATTR = "_loradock_plan"
 # Padding rows the batched path may compute per real row before the per-slot loop is cheaper.
 _MAX_PAD_RATIO = 2.0
 
@@ -37,6 +37,15 @@ class SegmentPlan:
     out_index: torch.Tensor | None  # kernel position of each row (None: identity)
     no_adapter: torch.Tensor | None  # (num_rows, 1) bool, rows without an adapter (None: there are none)
 
+    @property
+    def slots(self) -> tuple[int, ...]:
+        """The slots in use, ascending."""
+        return tuple(slot for slot, _, _ in self.segments)
+
+    def fits(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Whether this plan's rows are ``x``'s and ``y``'s rows (else the caller falls back to vLLM's ops)."""
+        return self.num_rows == x.shape[0] == y.shape[0]
+
 
 def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int, int]]) -> SegmentPlan:
     """``rows`` lists the rows that use an adapter ordered by slot; ``segments`` index into it."""
@@ -55,12 +64,16 @@ def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int,
         segments = layout
     else:
         src = rows
-    where = torch.zeros(num_rows, dtype=torch.long)
-    for _, start, end in segments:
-        where[src[start:end]] = torch.arange(start, end)
     identity = src.numel() == num_rows and bool(torch.equal(src, torch.arange(num_rows)))
-    no_adapter = torch.ones(num_rows, 1, dtype=torch.bool)
-    no_adapter[rows] = False
+    where = None
+    if not identity:
+        where = torch.zeros(num_rows, dtype=torch.long)
+        for _, start, end in segments:
+            where[src[start:end]] = torch.arange(start, end)
+    no_adapter = None
+    if rows.numel() < num_rows:
+        no_adapter = torch.ones(num_rows, 1, dtype=torch.bool)
+        no_adapter[rows] = False
     return SegmentPlan(
         num_rows=num_rows,
         segments=tuple(segments),
@@ -71,14 +84,16 @@ def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int,
         max_len=max_len,
         positions=src.numel(),
         src_rows=None if identity else src,
-        out_index=None if identity else where,
-        no_adapter=no_adapter if rows.numel() < num_rows else None,
+        out_index=where,
+        no_adapter=no_adapter,
     )
 
 
 def plan_segments(indices: torch.Tensor) -> SegmentPlan:
     """Group row numbers by the adapter slot in ``indices`` (one entry per row, -1 = no adapter)."""
     idx = indices.reshape(-1).to("cpu")
+    if idx.numel() and bool((idx < 0).all()):  # base-model-only step: nothing to group
+        return _make_plan(idx.numel(), idx[:0], [])
     order = torch.argsort(idx, stable=True)
     slots, counts = torch.unique_consecutive(idx[order], return_counts=True)
     segments, start, skipped = [], 0, 0
@@ -89,35 +104,3 @@ def plan_segments(indices: torch.Tensor) -> SegmentPlan:
             segments.append((slot, start - skipped, start - skipped + count))
         start += count
     return _make_plan(idx.numel(), order[skipped:], segments)
-
-
-def plan_runs(seq_lens: torch.Tensor, slots: torch.Tensor) -> SegmentPlan:
-    """A plan from vLLM's sgmv metadata: consecutive runs of rows that share a slot (a slot may repeat)."""
-    ends = torch.cumsum(seq_lens, 0).tolist()
-    by_slot: dict[int, list[torch.Tensor]] = {}
-    for slot, start, end in zip(slots.tolist(), [0, *ends[:-1]], ends, strict=True):
-        if slot >= 0:
-            by_slot.setdefault(slot, []).append(torch.arange(start, end))
-    parts, segments, pos = [], [], 0
-    for slot in sorted(by_slot):
-        rows = torch.cat(by_slot[slot])
-        parts.append(rows)
-        segments.append((slot, pos, pos + rows.numel()))
-        pos += rows.numel()
-    rows = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
-    return _make_plan(ends[-1] if ends else 0, rows, segments)
-
-
-def cached_plan(indices: torch.Tensor) -> SegmentPlan:
-    """:func:`plan_segments`, kept on the index tensor's storage owner until its contents change.
-
-    vLLM hands each layer a fresh view of one persistent index tensor, so this computes the plan once per
-    step and every layer reuses it.
-    """
-    owner = indices._base if indices._base is not None else indices
-    key = (indices._version, indices.numel(), indices.storage_offset())
-    cached = getattr(owner, _PLAN_ATTR, None)
-    if cached is None or cached[0] != key:
-        cached = (key, plan_segments(indices))
-        setattr(owner, _PLAN_ATTR, cached)
-    return cached[1]

@@ -2,32 +2,41 @@
 
 The entry point ``vllm.general_plugins: loradock_lora_ops`` (pyproject.toml) makes vLLM call
 :func:`register` in every process it starts, the engine core included. With ``LORADOCK_LORA_OPS=grouped``
-(the default) it patches ``PunicaWrapperCPU``:
+(the default) it patches methods of ``PunicaWrapperCPU``, each of which falls back to vLLM's own when the
+step's plan does not cover its rows:
 
-- ``update_metadata`` (called when the step's row-to-adapter mapping changes) also groups the rows by
-  adapter slot once, so the layers of that step do not;
+- ``update_metadata`` (called once per step, outside the model's forward) also groups the rows by adapter
+  slot, so the layers of that step do not (:class:`~loradock.plugin.state.LoRAState`, one per wrapper);
 - ``add_lora_linear`` (every LoRA linear layer) runs :func:`loradock.plugin.packed.lora_linear`;
-- the ``bgmv_*`` / ``sgmv_*`` names the wrapper calls elsewhere (logits, embeddings) point at the grouped
-  ops of :mod:`loradock.plugin.ops`.
+- ``add_lora_logits``, ``add_lora_embedding`` and the shrink/expand funnels (``_apply_shrink``,
+  ``_apply_expand``) run the generic grouped ops of :mod:`loradock.plugin.ops`.
 
-``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU wrapper is patched; GPU builds use their own
-Triton kernels and are unaffected.
+vLLM's LoRA layers' ``set_lora`` / ``reset_lora`` also tell the wrapper's state which slot they rewrote, so
+loading one adapter repacks one slot. ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU
+wrapper is patched; GPU builds use their own Triton kernels and are unaffected.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
 from typing import Any
 
-from loradock.plugin import ops, packed, plan
+import torch
+
+from loradock.plugin import ops, packed
+from loradock.plugin.state import LoRAState
 
 # vLLM configures handlers for its own logger tree only; a child of it shows up in the engine's log.
 log = logging.getLogger("vllm.loradock_lora_ops")
 
 ENV_VAR = "LORADOCK_LORA_OPS"
 MODES = ("vllm", "grouped")
+STATE_ATTR = "_loradock_state"
 _PATCHED_ATTR = "_loradock_patched"
+_LOGGED_ATTR = "_loradock_logged"
 # Modules whose LoRA layer classes define set_lora / reset_lora (the linear ones carry the slot weights).
 LAYER_MODULES = (
     "vllm.lora.layers.base_linear",
@@ -35,7 +44,6 @@ LAYER_MODULES = (
     "vllm.lora.layers.row_parallel_linear",
     "vllm.lora.layers.replicated_linear",
 )
-_LOGGED_ATTR = "_loradock_logged"
 
 
 def ops_mode() -> str:
@@ -46,51 +54,98 @@ def ops_mode() -> str:
     return mode
 
 
-def patch_punica_wrapper(cls: Any, ops_module: Any) -> None:
-    """Install the grouped kernels on a punica wrapper class and the ops names its module calls."""
-    original_update = cls.update_metadata
-    original_linear = cls.add_lora_linear
+def state_of(wrapper: Any) -> LoRAState:
+    """The wrapper instance's :class:`LoRAState` (created on first use)."""
+    state = wrapper.__dict__.get(STATE_ATTR)
+    if state is None:
+        state = LoRAState()
+        setattr(wrapper, STATE_ATTR, state)
+    return state
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, t.shape[-1])
+
+
+def patch_punica_wrapper(cls: Any) -> None:
+    """Install the grouped kernels on a punica wrapper class (see the module docstring for which methods)."""
+    orig = {name: getattr(cls, name) for name in ("update_metadata", "add_lora_linear", "add_lora_logits",
+                                                   "add_lora_embedding", "_apply_shrink", "_apply_expand")}
 
     def update_metadata(self: Any, mapping: Any, *args: Any, **kwargs: Any) -> None:
-        original_update(self, mapping, *args, **kwargs)
-        self._loradock_plan = plan.plan_segments(self.token_lora_indices)
+        orig["update_metadata"](self, mapping, *args, **kwargs)
+        state_of(self).update(self.token_lora_indices, self.sampler_indices)
         if not getattr(cls, _LOGGED_ATTR, False):
             setattr(cls, _LOGGED_ATTR, True)
             log.info("loradock grouped LoRA ops active in pid %d (%s=vllm keeps vLLM's)", os.getpid(), ENV_VAR)
 
-    def add_lora_linear(
-        self: Any,
-        y: Any,
-        x: Any,
-        lora_a_stacked: tuple[Any, ...],
-        lora_b_stacked: tuple[Any, ...],
-        scale: float,
-        output_slices: tuple[int, ...],
-        **kwargs: Any,
-    ) -> None:
-        step_plan = getattr(self, "_loradock_plan", None)
-        x2, y2 = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
-        if step_plan is None or not step_plan.num_rows == x2.shape[0] == y2.shape[0]:
-            original_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs)
-            return
-        packed.lora_linear(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, step_plan)
+    def add_lora_linear(self: Any, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
+                        lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...],
+                        **kwargs: Any) -> None:
+        state = state_of(self)
+        plan, x2, y2 = state.token_plan, _rows(x), _rows(y)
+        if plan is None or not plan.fits(x2, y2):
+            return orig["add_lora_linear"](self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
+                                           **kwargs)
+        packed.lora_linear(y2, x2, state.packed(lora_a_stacked, lora_b_stacked, output_slices), scale, plan)
+        return None
 
-    cls.update_metadata = update_metadata
-    cls.add_lora_linear = add_lora_linear
-    for name in ops.OPS:
-        setattr(ops_module, name, getattr(ops, name))
+    def add_lora_logits(self: Any, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
+                        lora_b_stacked: torch.Tensor, scale: float, **kwargs: Any) -> None:
+        state = state_of(self)
+        plan, x2, y2 = state.sampler_plan, _rows(x), _rows(y)
+        if plan is None or not plan.fits(x2, y2):
+            return orig["add_lora_logits"](self, y, x, lora_a_stacked, lora_b_stacked, scale, **kwargs)
+        live = tuple(a and b for a, b in zip(state.live(lora_a_stacked), state.live(lora_b_stacked), strict=True))
+        if any(live[slot] for slot in plan.slots):
+            h = torch.empty(x2.shape[0], lora_b_stacked.shape[-1], dtype=torch.float32)
+            ops.shrink(x2, lora_a_stacked, h, plan, scale, live)
+            ops.expand(h, lora_b_stacked, y2, plan, 0, y2.shape[1], True, live)
+        return None
+
+    def add_lora_embedding(self: Any, y: torch.Tensor, x: torch.Tensor, lora_b_stacked: torch.Tensor,
+                           add_inputs: bool = True, **kwargs: Any) -> None:
+        state = state_of(self)
+        plan = state.token_plan
+        if plan is None or not plan.fits(x, y):
+            return orig["add_lora_embedding"](self, y, x, lora_b_stacked, add_inputs, **kwargs)
+        ops.expand(x, lora_b_stacked, y, plan, 0, y.shape[1], add_inputs, state.live(lora_b_stacked))
+        return None
+
+    def _apply_shrink(self: Any, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, scale: float) -> None:
+        state = state_of(self)
+        plan, y2 = state.token_plan, _rows(y)
+        if plan is None or not plan.fits(x, y2):
+            return orig["_apply_shrink"](self, y, x, w_t_all, scale)
+        ops.shrink(x, w_t_all, y2, plan, scale, state.live(w_t_all))
+        return None
+
+    def _apply_expand(self: Any, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, y_offset: int,
+                      y_slice_size: int, add_inputs: bool = True) -> None:
+        state = state_of(self)
+        plan = state.token_plan
+        if plan is None or not plan.fits(x, y):
+            return orig["_apply_expand"](self, y, x, w_t_all, y_offset, y_slice_size, add_inputs)
+        ops.expand(x, w_t_all, y, plan, y_offset, y_slice_size, add_inputs, state.live(w_t_all))
+        return None
+
+    for name, fn in (("update_metadata", update_metadata), ("add_lora_linear", add_lora_linear),
+                     ("add_lora_logits", add_lora_logits), ("add_lora_embedding", add_lora_embedding),
+                     ("_apply_shrink", _apply_shrink), ("_apply_expand", _apply_expand)):
+        setattr(cls, name, functools.wraps(orig[name])(fn))
     setattr(cls, _PATCHED_ATTR, True)
 
 
 def patch_lora_layers(layers_module: Any) -> None:
-    """Make every LoRA layer's ``set_lora`` / ``reset_lora`` tell the packer which slot it rewrote."""
-    import functools
+    """Make every LoRA layer's ``set_lora`` / ``reset_lora`` tell its wrapper's state which slot it rewrote."""
 
     def wrap(method: Any) -> Any:
         @functools.wraps(method)
         def marked(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
             out = method(self, index, *args, **kwargs)
-            packed.mark_dirty(getattr(self, "lora_a_stacked", None), index)
+            wrapper, weights = getattr(self, "punica_wrapper", None), getattr(self, "lora_a_stacked", None)
+            if wrapper is not None and weights is not None:
+                state_of(wrapper).mark_dirty(weights, index)
             return out
 
         marked._loradock_marks = True  # type: ignore[attr-defined]
@@ -113,8 +168,6 @@ def register() -> None:
     from vllm.lora.punica_wrapper import punica_cpu
 
     if not getattr(punica_cpu.PunicaWrapperCPU, _PATCHED_ATTR, False):
-        import importlib
-
-        patch_punica_wrapper(punica_cpu.PunicaWrapperCPU, punica_cpu)
+        patch_punica_wrapper(punica_cpu.PunicaWrapperCPU)
         for module in LAYER_MODULES:
             patch_lora_layers(importlib.import_module(module))

@@ -1,18 +1,17 @@
-"""The grouped LoRA kernels agree with vLLM's own CPU ops (no engine needed)."""
+"""The grouped LoRA kernels agree with vLLM's own CPU punica wrapper (no engine needed)."""
 
 from __future__ import annotations
 
-import types
+import importlib
 
 import pytest
 import torch
 from vllm.lora.layers.utils import LoRAMapping
-from vllm.lora.ops.torch_ops import lora_ops as vllm_ops
 from vllm.lora.punica_wrapper import punica_cpu
-from vllm.lora.punica_wrapper.utils import compute_meta
 
 from loradock.plugin import ops, packed, plan
 from loradock.plugin import register as lora_ops
+from loradock.plugin.state import LoRAState
 
 DTYPES = [torch.float32, torch.bfloat16]
 RANKS = [1, 5, 8, 16]
@@ -22,127 +21,56 @@ def tol(dtype: torch.dtype) -> dict:
     return {"rtol": 2e-2, "atol": 4e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
 
 
-def mapping(rows: int, slots: int, gen: torch.Generator, with_base: bool) -> torch.Tensor:
-    """Random slot per row; with_base mixes in -1 rows. The last slot stays unused (see zero_last_slot)."""
-    low = -1 if with_base else 0
-    return torch.randint(low, slots - 1, (rows,), generator=gen)
-
-
 def weights(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    """Random stacked LoRA weights scaled like real ones (outputs of order 1)."""
+    """Random stacked LoRA weights scaled like real ones (outputs of order 1).
+
+    The last slot stays zero: vLLM's ops read ``weights[-1]`` for rows without an adapter (vllm#48421), so a
+    zero last slot makes its results the correct ones to compare with.
+    """
     w = (torch.randn(shape, generator=gen) / shape[-1] ** 0.5).to(dtype)
-    w[-1] = 0  # vLLM's ops read weights[-1] for -1 rows; a zero last slot makes that "no adapter"
+    w[-1] = 0
     return w
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rank", RANKS)
-@pytest.mark.parametrize("with_base", [False, True])
-def test_bgmv_ops_match_vllm(dtype: torch.dtype, rank: int, with_base: bool) -> None:
-    gen = torch.Generator().manual_seed(rank * 7 + with_base)
-    slots, rows, d_in, d_out = 5, 37, 48, 40
-    idx = mapping(rows, slots, gen, with_base)
-    x = torch.randn(rows, d_in, generator=gen).to(dtype)
-    a = weights((slots, 1, rank, d_in), dtype, gen)
-    b = weights((slots, 1, d_out, rank), dtype, gen)
+def lora_ids(rows: int, slots: int, gen: torch.Generator, with_base: bool, sparse: bool = False) -> list[int]:
+    """A LoRA id per row (0 = base model); ids 1..slots-1 sit in slots 0..slots-2 (the last stays unused).
 
-    expected, got = torch.full((rows, rank), 9.0), torch.full((rows, rank), 9.0)
-    vllm_ops.bgmv_shrink(x, a, expected, idx, 0.5)
-    ops.bgmv_shrink(x, a, got, idx, 0.5)
-    torch.testing.assert_close(got, expected, **tol(dtype))
-
-    h = torch.randn(rows, rank, generator=gen).to(dtype)
-    for add in (True, False):
-        expected = torch.randn(rows, d_out + 30, generator=gen).to(dtype)
-        got = expected.clone()
-        vllm_ops.bgmv_expand_slice(h, b, expected, idx, 17, d_out, add)
-        ops.bgmv_expand_slice(h, b, got, idx, 17, d_out, add)
-        torch.testing.assert_close(got, expected, **tol(dtype))
-
-        expected = torch.randn(rows, d_out, generator=gen).to(dtype)
-        got = expected.clone()
-        vllm_ops.bgmv_expand(h, b, expected, idx, add)
-        ops.bgmv_expand(h, b, got, idx, add)
-        torch.testing.assert_close(got, expected, **tol(dtype))
+    ``sparse``: only slots 0, 2 and 4 are in use (vLLM reuses freed slots in any order).
+    """
+    ids = torch.randint(0 if with_base else 1, slots, (rows,), generator=gen).tolist()
+    return [(i - 1) % 3 * 2 + 1 if i else 0 for i in ids] if sparse else ids
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rank", [3, 16])
-def test_sgmv_ops_match_vllm(dtype: torch.dtype, rank: int) -> None:
-    gen = torch.Generator().manual_seed(rank)
-    slots, d_in, d_out = 4, 32, 24
-    # Prefill-like runs: consecutive rows share a slot, a slot can come back later, -1 runs included.
-    idx = torch.tensor([0] * 5 + [2] * 3 + [-1] * 4 + [0] * 2 + [1] * 6 + [-1] * 1)
-    meta = compute_meta(idx)[:6]
-    x = torch.randn(idx.numel(), d_in, generator=gen).to(dtype)
-    a = weights((slots, 1, rank, d_in), dtype, gen)
-    b = weights((slots, 1, d_out, rank), dtype, gen)
-
-    expected, got = torch.zeros(idx.numel(), rank), torch.zeros(idx.numel(), rank)
-    vllm_ops.sgmv_shrink(x, a, expected, *meta, 2.0)
-    ops.sgmv_shrink(x, a, got, *meta, 2.0)
-    torch.testing.assert_close(got, expected, **tol(dtype))
-
-    h = expected.to(dtype)
-    expected = torch.randn(idx.numel(), d_out + 8, generator=gen).to(dtype)
-    got = expected.clone()
-    vllm_ops.sgmv_expand_slice(h, b, expected, *meta, 8, d_out, True)
-    ops.sgmv_expand_slice(h, b, got, *meta, 8, d_out, True)
-    torch.testing.assert_close(got, expected, **tol(dtype))
-
-    expected = torch.randn(idx.numel(), d_out, generator=gen).to(dtype)
-    got = expected.clone()
-    vllm_ops.sgmv_expand(h, b, expected, *meta, False)
-    ops.sgmv_expand(h, b, got, *meta, False)
-    torch.testing.assert_close(got, expected, **tol(dtype))
-
-
-def test_rows_without_adapter_get_no_delta() -> None:
-    """vLLM's torch ops apply the last slot to -1 rows (vllm#48421); the grouped ops leave them alone."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(2, 1, 4, 8, generator=gen)
-    idx = torch.tensor([0, -1, 1])
-    x = torch.randn(3, 8, generator=gen)
-    stock, grouped = torch.zeros(3, 4), torch.zeros(3, 4)
-    vllm_ops.bgmv_shrink(x, a, stock, idx)
-    ops.bgmv_shrink(x, a, grouped, idx)
-    torch.testing.assert_close(stock[1], x[1] @ a[1, 0].T)
-    assert torch.count_nonzero(grouped[1]) == 0
-    torch.testing.assert_close(grouped[[0, 2]], stock[[0, 2]])
-
-
-def make_wrappers() -> tuple[punica_cpu.PunicaWrapperCPU, punica_cpu.PunicaWrapperCPU]:
-    """vLLM's wrapper and a patched subclass (the real class stays untouched in this process)."""
+def make_wrappers(ids: list[int], sampled: list[int], slots: int, prefill: bool) -> tuple:
+    """vLLM's wrapper and a patched subclass (the real class stays untouched in this process), same mapping."""
 
     class Patched(punica_cpu.PunicaWrapperCPU):
         pass
 
-    lora_ops.patch_punica_wrapper(Patched, types.SimpleNamespace())
-    return punica_cpu.PunicaWrapperCPU(512, 512, "cpu"), Patched(512, 512, "cpu")
+    lora_ops.patch_punica_wrapper(Patched)
+    pair = punica_cpu.PunicaWrapperCPU(512, 512, "cpu"), Patched(512, 512, "cpu")
+    for w in pair:
+        w.update_metadata(LoRAMapping(ids, sampled, is_prefill=prefill), list(range(1, slots + 1)), slots, 100)
+    return pair
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    "rows,with_base,sparse",
-    [(1, False, False), (9, True, False), (40, False, True), (64, True, False), (300, True, True)],
+    "rows,with_base,sparse,prefill",
+    [(1, False, False, False), (9, True, False, False), (40, False, True, True), (64, True, False, False),
+     (300, True, True, True)],
 )
-def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_base: bool, sparse: bool) -> None:
-    """A qkv-like layer (three slices), max rank 16, adapters of rank 8 on q and v only, like PEFT's.
-
-    ``sparse``: the adapters in use sit in slots 0, 2 and 4 (vLLM reuses freed slots in any order).
-    """
+def test_linear_layer_matches_vllm(dtype: torch.dtype, rows: int, with_base: bool, sparse: bool,
+                                   prefill: bool) -> None:
+    """A qkv-like layer (three slices), max rank 16, adapters of rank 8 on q and v only, like PEFT's."""
     gen = torch.Generator().manual_seed(rows)
     slots, d_in, slices = 6, 64, (64, 16, 16)
     a = tuple(weights((slots, 1, 16, d_in), dtype, gen) for _ in slices)
     b = tuple(weights((slots, 1, size, 16), dtype, gen) for size in slices)
     for t in (a[1], b[1], a[0][..., 8:, :], b[0][..., 8:], a[2][..., 8:, :], b[2][..., 8:]):
         t.zero_()
-    ids = [int(i) + 1 if i >= 0 else 0 for i in mapping(rows, slots, gen, with_base)]
-    if sparse:
-        ids = [(i - 1) % 3 * 2 + 1 if i else 0 for i in ids]
-    stock, patched = make_wrappers()
-    for w in (stock, patched):
-        w.update_metadata(LoRAMapping(ids, ids, is_prefill=True), list(range(1, slots + 1)), slots + 1, 100)
+    ids = lora_ids(rows, slots, gen, with_base, sparse)
+    stock, patched = make_wrappers(ids, ids, slots, prefill)
     x = torch.randn(rows, d_in, generator=gen).to(dtype)
     y0 = torch.randn(rows, sum(slices), generator=gen).to(dtype)
     expected, got = y0.clone(), y0.clone()
@@ -158,25 +86,95 @@ def test_fused_linear_matches_vllm_wrapper(dtype: torch.dtype, rows: int, with_b
     torch.testing.assert_close(got, expected, **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("prefill", [False, True])
+def test_shrink_expand_logits_and_embedding_match_vllm(dtype: torch.dtype, rank: int, prefill: bool) -> None:
+    """The generic grouped ops behind add_shrink / add_expand, add_lora_logits and add_lora_embedding."""
+    gen = torch.Generator().manual_seed(rank * 7 + prefill)
+    slots, rows, d_in, d_out = 5, 37, 48, 40
+    ids = lora_ids(rows, slots, gen, with_base=True)
+    sampled = ids[::3]
+    stock, patched = make_wrappers(ids, sampled, slots, prefill)
+    x = torch.randn(rows, d_in, generator=gen).to(dtype)
+    a = tuple(weights((slots, 1, rank, d_in), dtype, gen) for _ in range(2))
+    b = tuple(weights((slots, 1, d_out, rank), dtype, gen) for _ in range(2))
+
+    want, got = torch.full((2, rows, rank), 9.0), torch.full((2, rows, rank), 9.0)
+    stock.add_shrink(want, x, a, 0.5)
+    patched.add_shrink(got, x, a, 0.5)
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+    y0 = torch.randn(rows, 2 * d_out + 5, generator=gen).to(dtype)
+    want, got = y0.clone(), y0.clone()
+    stock.add_expand(want, want_h := torch.randn(2, rows, rank, generator=gen), b, (d_out, d_out), offset_start=5)
+    patched.add_expand(got, want_h, b, (d_out, d_out), offset_start=5)
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+    # Logits: one row per sampled token; vLLM keeps lm_head's A as (slots, 1, r, hidden).
+    xs = torch.randn(len(sampled), d_in, generator=gen).to(dtype)
+    y0 = torch.randn(len(sampled), d_out, generator=gen).to(dtype)
+    want, got = y0.clone(), y0.clone()
+    stock.add_lora_logits(want, xs, a[0], b[0], 2.0)
+    patched.add_lora_logits(got, xs, a[0], b[0], 2.0)
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+    h = torch.randn(rows, rank, generator=gen).to(dtype)
+    y0 = torch.randn(rows, d_out, generator=gen).to(dtype)
+    want, got = y0.clone(), y0.clone()
+    stock.add_lora_embedding(want, h, b[1])
+    patched.add_lora_embedding(got, h, b[1])
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+
+def test_rows_without_adapter_get_no_delta() -> None:
+    """vLLM's torch ops apply the last slot to -1 rows (vllm#48421); the grouped ops leave them alone."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 1, 4, 8, generator=gen)
+    x = torch.randn(3, 8, generator=gen)
+    stock, grouped = make_wrappers([1, 0, 2], [1, 0, 2], 2, prefill=False)
+    want, got = torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)
+    stock.add_shrink(want, x, (a,), 1.0)
+    grouped.add_shrink(got, x, (a,), 1.0)
+    torch.testing.assert_close(want[0, 1], x[1] @ a[1, 0].T)
+    assert torch.count_nonzero(got[0, 1]) == 0
+    torch.testing.assert_close(got[0, [0, 2]], want[0, [0, 2]])
+
+
 def test_plan_groups_rows_by_slot() -> None:
     step = plan.plan_segments(torch.tensor([2, -1, 0, 2, 0, 0]))
-    slots = sorted(slot for slot, _, _ in step.segments)
-    assert slots == [0, 2]
+    assert step.slots == (0, 2)
     assert step.num_rows == 6
     assert step.no_adapter is not None and step.no_adapter.flatten().tolist() == [0, 1, 0, 0, 0, 0]
+    base_only = plan.plan_segments(torch.tensor([-1, -1]))
+    assert base_only.slots == () and base_only.num_rows == 2
+
+
+def test_an_all_zero_slot_costs_no_matmul() -> None:
+    """A q/v adapter has zero weights in the MLP layers: those layers skip the adapter math entirely."""
+    a, b = (torch.zeros(3, 1, 8, 16),), (torch.zeros(3, 1, 16, 8),)
+    state = LoRAState()
+    state.update(torch.tensor([0, 1, -1]), torch.tensor([0, 1, -1]))
+    pk = state.packed(a, b, (16,))
+    assert pk.live == (False, False, False) and pk.a_t.shape[-1] == 0
+    y = torch.ones(3, 16)
+    assert state.token_plan is not None
+    packed.lora_linear(y, torch.ones(3, 16), pk, 1.0, state.token_plan)
+    assert bool((y == 1).all())
+    assert state.packed(a, b, (16,)) is pk, "unchanged weights reuse the cached pack"
 
 
 def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     cls = punica_cpu.PunicaWrapperCPU
-    for name in ("update_metadata", "add_lora_linear"):
+    for name in ("update_metadata", "add_lora_linear", "add_lora_logits", "add_lora_embedding", "_apply_shrink",
+                 "_apply_expand"):
         monkeypatch.setattr(cls, name, getattr(cls, name))
-    for name in ops.OPS:
-        monkeypatch.setattr(punica_cpu, name, getattr(punica_cpu, name))
     monkeypatch.delattr(cls, "_loradock_patched", raising=False)
+    stock_linear = cls.add_lora_linear
 
     monkeypatch.setenv(lora_ops.ENV_VAR, "vllm")
     lora_ops.register()
-    assert punica_cpu.bgmv_shrink is vllm_ops.bgmv_shrink
+    assert cls.add_lora_linear is stock_linear
 
     monkeypatch.setenv(lora_ops.ENV_VAR, "fast")
     with pytest.raises(ValueError, match="LORADOCK_LORA_OPS"):
@@ -184,29 +182,31 @@ def test_register_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
 
     monkeypatch.delenv(lora_ops.ENV_VAR)
     lora_ops.register()
-    assert punica_cpu.bgmv_shrink is ops.bgmv_shrink
+    assert cls.add_lora_linear is not stock_linear
     wrapper = cls(64, 8, "cpu")
     monkeypatch.delattr(cls, "_loradock_logged", raising=False)
     with caplog.at_level("INFO", logger="vllm.loradock_lora_ops"):
         wrapper.update_metadata(LoRAMapping([1, 0], [1, 0], is_prefill=True), [1, None], 3, 100)
         wrapper.update_metadata(LoRAMapping([0, 1], [0, 1], is_prefill=True), [1, None], 3, 100)
     assert sum("grouped LoRA ops active" in r.message for r in caplog.records) == 1
+    assert lora_ops.state_of(wrapper).token_plan.slots == (0,)  # type: ignore[union-attr]
     monkeypatch.delattr(cls, "_loradock_patched")
     monkeypatch.delattr(cls, "_loradock_logged")
 
 
 def _full_pack(a: tuple, b: tuple, slices: tuple) -> packed.PackedLoRA:
-    """A from-scratch pack of the same weights (on clones, so no cache or dirty mark is shared)."""
-    return packed.pack_lora(tuple(t.clone() for t in a), tuple(t.clone() for t in b), slices)
+    """A from-scratch pack of the same weights."""
+    return packed.pack(a, b, slices)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_incremental_repack_of_rewritten_slots_equals_a_full_pack(dtype: torch.dtype) -> None:
+def test_incremental_repack_of_rewritten_slots_equals_a_full_pack() -> None:
     """Loading one adapter repacks only its slot (marked by vLLM's set_lora/reset_lora), with the same result."""
     gen = torch.Generator().manual_seed(7)
+    dtype = torch.bfloat16
     slots, d_in, slices = 8, 32, (32, 8, 8)
     a = tuple(torch.zeros(slots, 1, 16, d_in, dtype=dtype) for _ in slices)
     b = tuple(torch.zeros(slots, 1, size, 16, dtype=dtype) for size in slices)
+    state = LoRAState()
 
     def set_slot(slot: int, rank: int, on: tuple[int, ...]) -> None:
         for i in range(len(slices)):
@@ -215,33 +215,29 @@ def test_incremental_repack_of_rewritten_slots_equals_a_full_pack(dtype: torch.d
             if i in on:
                 a[i][slot, 0, :rank] = weights((rank, d_in), dtype, gen)
                 b[i][slot, 0, :, :rank] = weights((slices[i], rank), dtype, gen)
-        packed.mark_dirty(a, slot)
+        state.mark_dirty(a, slot)
 
     def same(got: packed.PackedLoRA, want: packed.PackedLoRA) -> None:
         """Same live slots and the same per-slot delta (the layouts may differ: in place keeps the wider one)."""
         assert got.live == want.live
-        for dt in (dtype, torch.float32):
-            (ga, gb), (wa, wb) = got.weights(dt), want.weights(dt)
-            torch.testing.assert_close(torch.bmm(ga.float(), gb.float()), torch.bmm(wa.float(), wb.float()))
+        torch.testing.assert_close(torch.bmm(got.a_t, got.b_t), torch.bmm(want.a_t, want.b_t))
 
     set_slot(0, 8, (0, 2))
-    first = packed.pack_lora(a, b, slices)
+    first = state.packed(a, b, slices)
     set_slot(5, 4, (0, 2))  # a smaller adapter into a free slot: repacked in place
-    second = packed.pack_lora(a, b, slices)
+    second = state.packed(a, b, slices)
     assert second.a_t is first.a_t, "a slot that fits the layout is repacked in place"
     same(second, _full_pack(a, b, slices))
     set_slot(0, 0, ())  # vLLM's reset_lora: the slot goes back to zero and is no longer live
-    same(packed.pack_lora(a, b, slices), _full_pack(a, b, slices))
+    same(state.packed(a, b, slices), _full_pack(a, b, slices))
     set_slot(3, 16, (1,))  # wider than the layout (a new slice, a higher rank): a full repack
-    wider = packed.pack_lora(a, b, slices)
+    wider = state.packed(a, b, slices)
     assert wider.a_t is not first.a_t
     same(wider, _full_pack(a, b, slices))
 
 
 def test_vllm_layers_mark_the_slot_they_rewrite() -> None:
-    """The plugin wraps vLLM's set_lora/reset_lora so the packer learns which slot changed."""
-    import importlib
-
+    """The plugin wraps vLLM's set_lora/reset_lora so the wrapper's state learns which slot changed."""
     from vllm.lora.layers import base_linear
 
     for module in lora_ops.LAYER_MODULES:
@@ -250,6 +246,10 @@ def test_vllm_layers_mark_the_slot_they_rewrite() -> None:
     layer.n_slices = 1
     layer.lora_a_stacked = (torch.ones(4, 1, 2, 3),)
     layer.lora_b_stacked = (torch.ones(4, 1, 3, 2),)
+    layer.punica_wrapper = punica_cpu.PunicaWrapperCPU(8, 8, "cpu")
     layer.reset_lora(2)
-    assert layer.lora_a_stacked[0]._loradock_dirty == {2}
+    state = lora_ops.state_of(layer.punica_wrapper)
+    assert state._dirty == {layer.lora_a_stacked[0].data_ptr(): {2}}
     assert not layer.lora_a_stacked[0][2].any() and layer.lora_a_stacked[0][1].all()
+    assert not hasattr(layer.lora_a_stacked[0], "_loradock_dirty"), "no cache lives on vLLM's tensors"
+    assert ops.live_slots(layer.lora_a_stacked[0]) == (True, True, False, True)
