@@ -173,6 +173,15 @@ class FeedbackFilter(BaseModel):
     until: datetime | None = Field(default=None, description="Created before.")
     blind: bool | None = Field(default=None, description="Only blind (true) or only named (false) votes.")
 
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, v: datetime | None) -> datetime | None:
+        try:
+            return None if v is None else _utc(v)
+        except OverflowError:  # within a day of the calendar's ends: clamp (a query filter, never an error)
+            assert v is not None
+            return (datetime.max if v.year > 1 else datetime.min).replace(tzinfo=UTC)
+
     def apply(self, query: Q) -> Q:
         """The query restricted to matching rows."""
         row = PreferenceRow
@@ -188,9 +197,9 @@ class FeedbackFilter(BaseModel):
         if self.prompt_set:
             conditions.append(row.prompt_set == self.prompt_set)
         if self.since:
-            conditions.append(row.created >= _utc(self.since))
+            conditions.append(row.created >= self.since)
         if self.until:
-            conditions.append(row.created < _utc(self.until))
+            conditions.append(row.created < self.until)
         if self.blind is True:
             conditions.append(row.blind.is_(True))
         elif self.blind is False:

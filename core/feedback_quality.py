@@ -30,7 +30,7 @@ class QualityOptions(BaseModel):
     """What an export drops. Every flagged record is counted whether it is dropped or kept."""
 
     drop_contradictory: bool = Field(default=True, description="Drop votes in groups whose verdicts disagree.")
-    drop_near_duplicates: bool = Field(default=False, description="Drop votes on prompts that nearly repeat an earlier one.")
+    drop_near_duplicates: bool = Field(default=False, description="Drop votes on near-duplicate prompts.")
     min_agreement: float = Field(default=0.0, ge=0, le=1, description="Drop annotators whose agreement is lower.")
 
 

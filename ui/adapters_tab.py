@@ -1,41 +1,22 @@
-"""Adapters tab: the store as the server sees it (/v1/models), manifests, loss curves; load/unload."""
+"""Adapters tab: the store as the server sees it (/v1/models, GET /v1/adapters/{name}: manifests and loss
+curves); load, unload and pin with the admin key typed in this browser session."""
 
 from __future__ import annotations
 
-import json
-import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from loradock.core.manifest import MANIFEST_FILE, NAME_RE
-from loradock.core.store import AdapterStore
-from loradock.ui.client import ServerClient, split_models
+from loradock.ui.client import AdminKeyMissing, ServerClient, split_models
 
-log = logging.getLogger(__name__)
-COLUMNS = ["id", "parent", "loaded", "pinned", "rank", "template", "created", "description"]
-LOSS_CURVE = "loss_curve.png"
+COLUMNS = ["id", "parent", "version", "loaded", "pinned", "rank", "template", "created", "description"]
 
 
-def store_names(adapters_dir: Path | None) -> list[str]:
-    """Adapters in the store folder (empty when the UI cannot read it)."""
-    if adapters_dir is None:
-        return []
-    try:
-        return AdapterStore(adapters_dir).names()
-    except OSError as e:
-        log.info("cannot list %s: %s", adapters_dir, e)
-        return []
-
-
-def models_frame(models: list[dict[str, Any]], in_store: list[str] | None = None) -> pd.DataFrame:
-    """One row per model card, then store adapters the server does not serve (unloaded by an admin).
-
-    The template column says whether an adapter was trained on the base's chat template.
-    """
+def models_frame(models: list[dict[str, Any]], seen: list[str] | None = None) -> pd.DataFrame:
+    """One row per model card, then adapters seen earlier in this session that the server no longer serves
+    (unloaded by an admin). The template column says whether an adapter was trained on the base's template."""
     base_sha = next((m.get("template_sha256") for m in models if not m.get("parent")), None)
     served = {m["id"] for m in models}
     rows = []
@@ -45,85 +26,69 @@ def models_frame(models: list[dict[str, Any]], in_store: list[str] | None = None
             f"{sha[:12]} ok" if sha == base_sha else f"{sha[:12]} MISMATCH")
         stamp = m.get("created")
         created = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M") if stamp else ""
-        rows.append([m["id"], m.get("parent") or "(base)", "yes" if m.get("loaded") else "no",
-                     "yes" if m.get("pinned") else "", m.get("rank") or "", template, created,
-                     m.get("description") or ""])
-    rows += [[name, "(store)", "not served", "", "", "", "", "unloaded; Load serves it again"]
-             for name in in_store or [] if name not in served]
+        rows.append([m["id"], m.get("parent") or "(base)", m.get("version") or "",
+                     "yes" if m.get("loaded") else "no", "yes" if m.get("pinned") else "", m.get("rank") or "",
+                     template, created, m.get("description") or ""])
+    rows += [[name, "(store)", "", "not served", "", "", "", "", "unloaded; Load serves it again"]
+             for name in seen or [] if name not in served]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def read_manifest(adapters_dir: Path | None, name: str) -> dict[str, Any] | None:
-    """The adapter's manifest.json from the store folder, if the UI can read it."""
-    if adapters_dir is None or not NAME_RE.fullmatch(name or ""):
-        return None
-    path = adapters_dir / name / MANIFEST_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.info("cannot read %s: %s", path, e)
-        return None
+def curve_frame(detail: dict[str, Any]) -> pd.DataFrame:
+    """The manifest's loss curves as line-plot rows."""
+    metrics = detail.get("metrics") or {}
+    rows = [{"step": s, "loss": v, "curve": label} for key, label in (("train_loss", "train"),
+                                                                      ("val_loss", "validation"))
+            for s, v in metrics.get(key) or []]
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": float, "loss": float, "curve": str})
 
 
-def loss_curve(adapters_dir: Path | None, name: str) -> Any:
-    """The training loss curve PNG as an image (loaded here: the store need not be a Gradio allowed path)."""
-    if adapters_dir is None or not NAME_RE.fullmatch(name or ""):
-        return None
-    path = adapters_dir / name / LOSS_CURVE
-    if not path.is_file():
-        return None
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.copy()
-
-
-def build_adapters_tab(client: ServerClient, models: gr.State, adapters_dir: Path | None) -> None:
+def build_adapters_tab(client: ServerClient, models: gr.State, admin_key: gr.State) -> None:
     """Lay out the Adapters tab inside the current Blocks."""
-    where = f"store folder `{adapters_dir}`" if adapters_dir else "no store folder given (--adapters-dir)"
-    gr.Markdown(f"What the server at `{client.url}` serves (`GET /v1/models`); manifests and loss curves "
-                f"from the {where}.")
+    gr.Markdown(f"What the server at `{client.url}` serves (`GET /v1/models`); manifests and loss curves from "
+                "`GET /v1/adapters/{name}`. Load, Unload and Pin need the admin key (top of the page).")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="adapters-table",
                          label="Base and adapters")
+    seen = gr.State([])
     with gr.Row():
         with gr.Column(scale=1):
-            adapter = gr.Dropdown(label="Adapter", choices=[], allow_custom_value=True,
-                                  elem_id="adapters-select")
-            admin_key = gr.Textbox(label="Admin key (only needed to load/unload)", type="password",
-                                   placeholder="LORADOCK_ADMIN_KEY" + (" (set by the UI)" if client.admin_key
-                                                                       else ""))
+            adapter = gr.Dropdown(label="Adapter", choices=[], allow_custom_value=True, elem_id="adapters-select")
             with gr.Row():
                 load = gr.Button("Load", variant="primary", elem_id="adapters-load")
+                pin = gr.Button("Load and pin", elem_id="adapters-pin")
                 unload = gr.Button("Unload", elem_id="adapters-unload")
             status = gr.Markdown(elem_id="adapters-status")
         with gr.Column(scale=2):
-            curve = gr.Image(label="Training loss curve", type="pil", interactive=False, height=300)
-            manifest = gr.JSON(label="Manifest")
+            curve = gr.LinePlot(x="step", y="loss", color="curve", title="Training loss", height=260,
+                                elem_id="adapters-curve")
+            manifest = gr.JSON(label="Manifest (as the server reports it)")
 
-    def show(name: str | None, listing: list[dict[str, Any]]) -> tuple[Any, Any]:
+    def show(name: str | None) -> tuple[Any, Any]:
         if not name:
             return None, None
-        card = next((m for m in listing or [] if m["id"] == name), {})
-        return loss_curve(adapters_dir, name), read_manifest(adapters_dir, name) or {"served_as": card}
-
-    def on_models(listing: list[dict[str, Any]], current: str | None) -> tuple[Any, Any]:
-        in_store = store_names(adapters_dir)
-        names = sorted(set(split_models(listing or [])[1]) | set(in_store))
-        return models_frame(listing or [], in_store), gr.Dropdown(
-            choices=names, value=current if current in names else (names[0] if names else None))
-
-    def act(action: str, name: str | None, key: str | None) -> tuple[Any, ...]:
-        if not name:
-            return "Choose an adapter first.", gr.update(), gr.update(), gr.update()
         try:
-            message = client.admin(action, name, (key or "").strip() or None)
-            listing = client.models()
-        except (RuntimeError, OSError) as e:
-            return f"**{action} failed:** {e}", gr.update(), gr.update(), gr.update()
-        return (message, listing, *on_models(listing, name))
+            detail = client.adapter(name)
+        except RuntimeError as e:
+            return None, {"error": str(e)}
+        return curve_frame(detail), detail
 
-    outputs = [status, models, table, adapter]
-    adapter.change(show, [adapter, models], [curve, manifest])
-    load.click(lambda n, k: act("load", n, k), [adapter, admin_key], outputs)
-    unload.click(lambda n, k: act("unload", n, k), [adapter, admin_key], outputs)
-    models.change(on_models, [models, adapter], [table, adapter])
+    def on_models(listing: list[dict[str, Any]], current: str | None, known: list[str]) -> tuple[Any, ...]:
+        names = sorted(set(split_models(listing or [])[1]) | set(known or []))
+        return models_frame(listing or [], known), gr.Dropdown(
+            choices=names, value=current if current in names else (names[0] if names else None)), names
+
+    def act(action: str, name: str | None, key: str | None, known: list[str]) -> tuple[Any, ...]:
+        if not name:
+            return "Choose an adapter first.", gr.update(), gr.update(), gr.update(), gr.update()
+        try:
+            message = client.admin("unload" if action == "unload" else "load", name, key, pin=action == "pin")
+            listing = client.models()
+        except (AdminKeyMissing, RuntimeError, OSError) as e:
+            return f"**{action} refused:** {e}", gr.update(), gr.update(), gr.update(), gr.update()
+        return (message, listing, *on_models(listing, name, [*known, name]))
+
+    outputs = [status, models, table, adapter, seen]
+    adapter.change(show, adapter, [curve, manifest])
+    for button, action in ((load, "load"), (pin, "pin"), (unload, "unload")):
+        button.click(lambda n, k, s, a=action: act(a, n, k, s), [adapter, admin_key, seen], outputs)
+    models.change(on_models, [models, adapter, seen], [table, adapter, seen])

@@ -1,4 +1,7 @@
-"""The UI's only way to the server: the official `openai` client, plus httpx for loradock's extras."""
+"""The UI's only way to the server: the official `openai` client, plus httpx for loradock's extras.
+
+The UI holds no admin key of its own: admin calls take the key an admin typed into this browser session.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -44,13 +48,16 @@ class StreamResult:
         return ("" if self.done else "streaming... ") + " · ".join(parts)
 
 
+class AdminKeyMissing(RuntimeError):
+    """An admin action was asked for before an admin typed the key in this browser session."""
+
+
 @dataclass
 class ServerClient:
-    """Where the loradock server is and the keys to use."""
+    """Where the loradock server is and the inference key to use (admin keys come per call)."""
 
     url: str
     api_key: str | None = None
-    admin_key: str | None = None
     _openai: openai.OpenAI | None = field(default=None, init=False, repr=False)
 
     @property
@@ -64,30 +71,71 @@ class ServerClient:
                                          timeout=TIMEOUT_S, max_retries=0)
         return self._openai
 
-    def _headers(self, key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"} if key else {}
+    def request(self, method: str, path: str, *, admin_key: str | None = None, admin: bool = False,
+                timeout: float = 60, **kwargs: Any) -> httpx.Response:
+        """One call to ``/v1{path}``; admin calls need the key typed in this session. Raises on 4xx/5xx."""
+        if admin and not admin_key:
+            raise AdminKeyMissing("this is an admin action: type the admin key (top of the page) and press "
+                                  "Unlock first")
+        key = admin_key if admin else self.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            r = httpx.request(method, f"{self.v1}{path}", headers=headers, timeout=timeout, **kwargs)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"cannot reach the server at {self.url}: {e}") from e
+        _raise_for_error(r)
+        return r
 
     def models(self) -> list[dict[str, Any]]:
-        """GET /v1/models with loradock's fields (parent, loaded, rank, template_sha256, created, ...)."""
-        try:
-            r = httpx.get(f"{self.v1}/models", headers=self._headers(self.api_key), timeout=30)
-        except httpx.HTTPError as e:
-            raise RuntimeError(f"cannot reach the server at {self.url}: {e}") from e
-        _raise_for_error(r)
-        return r.json()["data"]
+        """GET /v1/models with loradock's fields (parent, loaded, rank, template_sha256, version, ...)."""
+        return self.request("GET", "/models", timeout=30).json()["data"]
 
-    def admin(self, action: str, name: str, admin_key: str | None = None) -> str:
-        """POST /v1/load_lora_adapter or /v1/unload_lora_adapter; returns the server's message."""
+    def adapter(self, name: str) -> dict[str, Any]:
+        """GET /v1/adapters/{name}: the manifest as the server sees it, with loss curves."""
+        return self.request("GET", f"/adapters/{quote(name, safe='')}").json()
+
+    def check_admin(self, admin_key: str) -> None:
+        """Raise unless ``admin_key`` opens the server's admin routes."""
+        self.request("GET", "/feedback", admin_key=admin_key, admin=True, params={"limit": 1})
+
+    def admin(self, action: str, name: str, admin_key: str | None, pin: bool = False) -> str:
+        """POST /v1/load_lora_adapter (optionally pinned) or /v1/unload_lora_adapter; the server's message."""
         if action not in ("load", "unload"):
             raise ValueError("action must be load or unload")
-        key = admin_key or self.admin_key or self.api_key
-        try:
-            r = httpx.post(f"{self.v1}/{action}_lora_adapter", json={"lora_name": name},
-                           headers=self._headers(key), timeout=120)
-        except httpx.HTTPError as e:
-            raise RuntimeError(f"cannot reach the server at {self.url}: {e}") from e
-        _raise_for_error(r)
-        return r.text
+        body: dict[str, Any] = {"lora_name": name, **({"pin": True} if pin else {})}
+        return self.request("POST", f"/{action}_lora_adapter", admin_key=admin_key, admin=True, json=body,
+                            timeout=120).text
+
+    # -- feedback ----------------------------------------------------------------------------------------
+    def vote(self, record: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/feedback (the inference key); the acknowledgement once the record is committed."""
+        return self.request("POST", "/feedback", json=record).json()
+
+    def stats(self, filters: dict[str, Any]) -> dict[str, Any]:
+        """GET /v1/feedback/stats: counts and win rates, computed by the server's database."""
+        return self.request("GET", "/feedback/stats", params=filters).json()
+
+    def leaderboard(self, filters: dict[str, Any], level: str) -> dict[str, Any]:
+        """GET /v1/feedback/leaderboard: Bradley-Terry ratings with intervals and head-to-head tables."""
+        return self.request("GET", "/feedback/leaderboard", params={**filters, "level": level}, timeout=180).json()
+
+    def records(self, filters: dict[str, Any], admin_key: str | None, limit: int = 500) -> dict[str, Any]:
+        """GET /v1/feedback (admin): the records, newest first, and how many match."""
+        return self.request("GET", "/feedback", admin_key=admin_key, admin=True,
+                            params={**filters, "limit": limit}).json()
+
+    def delete_record(self, record_id: str, admin_key: str | None) -> None:
+        """DELETE /v1/feedback/{id} (admin)."""
+        self.request("DELETE", f"/feedback/{quote(record_id, safe='')}", admin_key=admin_key, admin=True)
+
+    def quality(self, filters: dict[str, Any], admin_key: str | None) -> dict[str, Any]:
+        """GET /v1/feedback/quality (admin): contradictions, agreement, near-duplicates."""
+        return self.request("GET", "/feedback/quality", admin_key=admin_key, admin=True, params=filters).json()
+
+    def export(self, filters: dict[str, Any], quality: dict[str, Any], admin_key: str | None) -> dict[str, Any]:
+        """POST /v1/feedback/export (admin): DPO rows and the report of what was dropped and kept."""
+        return self.request("POST", "/feedback/export", admin_key=admin_key, admin=True, timeout=300,
+                            json={"filters": filters, "quality": quality}).json()
 
     def stream_chat(self, model: str, messages: list[dict[str, str]], *, temperature: float = 0.0,
                     top_p: float = 1.0, max_tokens: int = 128,

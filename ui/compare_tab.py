@@ -1,38 +1,26 @@
-"""Compare tab: one prompt, side-by-side streamed columns (Prompting, RAG, adapters), votes between two."""
+"""Compare tab: the blind arena (the default for votes) and the named mode, one prompt in side-by-side streamed
+columns (Prompting, RAG, adapters) for inspection, with named votes between any two columns."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
-from pydantic import ValidationError
 
-from loradock.core.feedback import FeedbackStore, PreferenceIn
+from loradock.ui.arena import build_arena
 from loradock.ui.client import ServerClient, StreamResult, split_models
+from loradock.ui.sides import Side, passages_markdown, stream_sides, versions
 
 log = logging.getLogger(__name__)
 MAX_ADAPTER_COLUMNS = 3
 DEFAULT_SYSTEM = ("You are the support assistant for the Zephyr-9 robot vacuum. Answer the customer's "
                   "question in one or two sentences.")
 VERDICTS = {"a": "A better", "b": "B better", "tie": "Tie", "both_bad": "Both bad"}
-_UI_INTERVAL_S = 0.15  # how often streamed columns repaint
-
-
-@dataclasses.dataclass(frozen=True)
-class Side:
-    """One column of a comparison: what was asked of which model."""
-
-    label: str
-    approach: str
-    model: str
-    messages: list[dict[str, str]]
-    rag: dict[str, Any] | None = None
+MODES = ("Blind arena (vote)", "Named (inspect)")
+__all__ = ["passages_markdown", "plan_sides", "preference", "build_compare_tab"]
 
 
 def plan_sides(prompt: str, system: str, base: str, adapters: list[str], collection: str,
@@ -48,64 +36,37 @@ def plan_sides(prompt: str, system: str, base: str, adapters: list[str], collect
     return sides
 
 
-def stream_sides(client: ServerClient, sides: list[Side], temperature: float,
-                 max_tokens: int) -> Iterator[list[StreamResult]]:
-    """Run every side at once (one thread each); yield all their current results as they change."""
-    latest = [StreamResult() for _ in sides]
-    updates: queue.Queue[tuple[int, StreamResult]] = queue.Queue()
-
-    def work(i: int, side: Side) -> None:
-        for result in client.stream_chat(side.model, side.messages, temperature=temperature,
-                                         max_tokens=max_tokens, rag=side.rag):
-            updates.put((i, dataclasses.replace(result)))
-
-    threads = [threading.Thread(target=work, args=(i, s), daemon=True) for i, s in enumerate(sides)]
-    for t in threads:
-        t.start()
-    last_paint = 0.0
-    while not all(r.done for r in latest):
-        try:
-            i, result = updates.get(timeout=0.5)
-            latest[i] = result
-        except queue.Empty:
-            pass
-        if time.monotonic() - last_paint >= _UI_INTERVAL_S or all(r.done for r in latest):
-            last_paint = time.monotonic()
-            yield list(latest)
-
-
-def passages_markdown(passages: list[dict[str, Any]] | None) -> str:
-    """The retrieved passages as a numbered Markdown list (what the RAG answer may cite as [n])."""
-    if not passages:
-        return ""
-    lines = ["**Cited passages**"]
-    for i, p in enumerate(passages, 1):
-        snippet = " ".join(p["text"].split())
-        snippet = snippet if len(snippet) <= 240 else snippet[:240] + "..."
-        lines.append(f"{i}. `{p['source']}` #{p['chunk']} · score {p['score']:.3f}: {snippet}")
-    return "\n".join(lines)
-
-
 def preference(verdict: str, a: dict[str, Any], b: dict[str, Any], prompt: str,
-               annotator: str | None) -> PreferenceIn:
-    """The record for a vote between sides ``a`` and ``b``: the winner is ``chosen`` (side A on a tie)."""
+               annotator: str | None) -> dict[str, Any]:
+    """The POST /v1/feedback body for a named vote between sides ``a`` and ``b``: the winner is ``chosen``
+    (side A on a tie)."""
     chosen, rejected = (b, a) if verdict == "b" else (a, b)
 
     def context(side: dict[str, Any]) -> dict[str, Any]:
         return {k: side.get(k) for k in ("label", "system", "passages", "latency_s", "completion_tokens")}
 
-    return PreferenceIn(
-        prompt=[{"role": "user", "content": prompt}], chosen=chosen["text"], rejected=rejected["text"],
-        verdict=verdict, chosen_model=chosen["model"], rejected_model=rejected["model"],
-        chosen_approach=chosen["approach"], rejected_approach=rejected["approach"],
-        annotator=(annotator or "").strip() or None,
-        meta={"source": "ui.compare", "a": a["label"], "b": b["label"],
-              "chosen": context(chosen), "rejected": context(rejected)})
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": chosen["text"], "rejected": rejected["text"],
+            "verdict": verdict, "chosen_model": chosen["model"], "rejected_model": rejected["model"],
+            "chosen_approach": chosen["approach"], "rejected_approach": rejected["approach"],
+            "chosen_version": chosen.get("version"), "rejected_version": rejected.get("version"),
+            "annotator": (annotator or "").strip() or None, "blind": False, "shown_order": [a["label"], b["label"]],
+            "meta": {"source": "ui.compare", "a": a["label"], "b": b["label"],
+                     "chosen": context(chosen), "rejected": context(rejected)}}
 
 
-def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.State,
-                      collection_default: str = "faq") -> None:
-    """Lay out the Compare tab inside the current Blocks."""
+def build_compare_tab(client: ServerClient, models: gr.State, collection_default: str = "faq") -> None:
+    """Lay out the Compare tab inside the current Blocks: the blind arena first, the named mode beside it."""
+    mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="compare-mode",
+                    info="Blind: two anonymous answers, revealed after your vote. Named: inspect every approach.")
+    with gr.Column(visible=True) as arena:
+        build_arena(client, models, collection_default)
+    with gr.Column(visible=False) as named:
+        _build_named(client, models, collection_default)
+    mode.change(lambda m: (gr.Column(visible=m == MODES[0]), gr.Column(visible=m != MODES[0])), mode,
+                [arena, named])
+
+
+def _build_named(client: ServerClient, models: gr.State, collection_default: str) -> None:
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="Ask one question; every column answers it",
                         elem_id="compare-prompt")
     with gr.Row():
@@ -150,6 +111,8 @@ def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.
             yield [gr.update()] * (len(columns) * 4 + 4) + [problem]
             return
         sides = plan_sides(text, system_prompt, base, list(chosen_adapters or []), rag_collection, int(k))
+        ver = versions(listing or [])
+        sides = [dataclasses.replace(s, version=ver.get(s.model)) if s.approach == "adapter" else s for s in sides]
         slots = _slots(sides)
         visible = [gr.Column(visible=slots[i] is not None) for i in range(len(columns))]
         titles = [f"### {sides[s].label}\n`{sides[s].model}`" if s is not None else gr.update()
@@ -170,12 +133,11 @@ def build_compare_tab(client: ServerClient, feedback: FeedbackStore, models: gr.
         if pair in state.get("voted", []):  # a double click must not count twice
             return f"Already voted on {a} vs {b} for this run; run again or pick another pair.", gr.update()
         try:
-            record = feedback.add(preference(verdict, sides[a], sides[b], state["prompt"], who))
-        except ValidationError as e:
-            return f"Not stored: {e.errors()[0]['msg'].removeprefix('Value error, ')}", gr.update()
+            ack = client.vote(preference(verdict, sides[a], sides[b], state["prompt"], who))
+        except RuntimeError as e:
+            return f"Not stored: {e}", gr.update()
         state = {**state, "voted": [*state.get("voted", []), pair]}
-        return (f"Stored `{record.id}`: **{VERDICTS[verdict]}** (A = {a}, B = {b}). "
-                f"{feedback.count()} records in the database."), state
+        return f"Stored `{ack['id']}`: **{VERDICTS[verdict]}** (A = {a}, B = {b}).", state
 
     outputs = [*columns, *headers, *answers, *stats, passages, last_run, side_a, side_b, vote_status]
     inputs = [prompt, system, adapters, collection, top_k, temperature, max_tokens, models]
@@ -217,7 +179,7 @@ def _paint(sides: list[Side], slots: list[int | None], results: list[StreamResul
         return [*visible, *titles, *answers, *stats, passages, gr.update(), gr.update(), gr.update(),
                 "Streaming..."]
     state = {"prompt": prompt, "sides": {
-        s.label: {"label": s.label, "approach": s.approach, "model": s.model, "text": r.text,
+        s.label: {"label": s.label, "approach": s.approach, "model": s.model, "version": s.version, "text": r.text,
                   "system": next((m["content"] for m in s.messages if m["role"] == "system"), None),
                   "passages": r.passages, "latency_s": round(r.latency_s, 3),
                   "completion_tokens": r.completion_tokens}

@@ -1,20 +1,29 @@
-"""Data tab: browse, filter and delete preference records; win rates; export DPO pairs."""
+"""Data tab: preference records through the server's admin routes (browse, delete, quality flags, export), win
+rates from /v1/feedback/stats, and DPO training on the votes as a subprocess (ui/train_job.py)."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from loradock.core.feedback import APPROACHES, VERDICTS, FeedbackStore, PreferenceRecord
+from loradock.core.dpo_files import write_dpo
+from loradock.ui.client import AdminKeyMissing, ServerClient
+from loradock.ui.train_job import TrainJobs
+from loradock.ui.train_panel import build_train_panel
 
-COLUMNS = ["id", "created", "verdict", "chosen side", "rejected side", "prompt", "chosen", "rejected",
-           "annotator"]
+COLUMNS = ["id", "created", "verdict", "blind", "chosen side", "rejected side", "prompt", "chosen", "rejected",
+           "annotator", "prompt set"]
+VERDICTS = ("a", "b", "tie", "both_bad")
+APPROACHES = ("prompting", "rag", "adapter", "base", "app")
 ALL = "all"
+BLIND = {ALL: None, "blind only": "true", "named only": "false"}
 
 
 def _short(text: str, n: int = 120) -> str:
@@ -22,16 +31,18 @@ def _short(text: str, n: int = 120) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _side(approach: str, model: str | None) -> str:
-    return f"{approach}: {model}" if model else approach
+def _side(approach: str, model: str | None, version: str | None = None) -> str:
+    name = f"{model}@{version}" if model and version else model
+    return f"{approach}: {name}" if name else approach
 
 
-def records_frame(records: list[PreferenceRecord]) -> pd.DataFrame:
-    """One table row per record, newest first."""
-    rows = [[r.id, r.created.strftime("%Y-%m-%d %H:%M:%S"), r.verdict,
-             _side(r.chosen_approach, r.chosen_model), _side(r.rejected_approach, r.rejected_model),
-             _short(r.prompt[-1]["content"]), _short(r.chosen), _short(r.rejected), r.annotator or ""]
-            for r in records]
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One table row per record (as the server lists them), newest first."""
+    rows = [[r["id"], datetime.fromisoformat(r["created"]).strftime("%Y-%m-%d %H:%M:%S"), r["verdict"],
+             "yes" if r.get("blind") else "", _side(r["chosen_approach"], r["chosen_model"], r.get("chosen_version")),
+             _side(r["rejected_approach"], r["rejected_model"], r.get("rejected_version")),
+             _short(r["prompt"][-1]["content"]), _short(r["chosen"]), _short(r["rejected"]), r.get("annotator") or "",
+             r.get("prompt_set") or ""] for r in records]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -43,33 +54,55 @@ def win_rate_frame(table: dict[str, dict[str, Any]]) -> pd.DataFrame:
         {"name": str, "win_rate": float, "games": int})
 
 
-def stats_markdown(stats: dict[str, Any], shown: int) -> str:
+def stats_markdown(stats: dict[str, Any], shown: int | None) -> str:
     """Counts line shown above the charts."""
     v = stats["verdicts"]
-    return (f"**{stats['total']} records** (showing {shown}) · A better {v['a']} · B better {v['b']} · "
+    showing = f" (showing {shown})" if shown is not None else ""
+    return (f"**{stats['total']} records**{showing} · A better {v['a']} · B better {v['b']} · "
             f"tie {v['tie']} · both bad {v['both_bad']} · **{stats['pairs']} exportable pairs** "
             "(ties and both-bad are kept but never exported)")
 
 
-def _filters(verdict: str | None, approach: str | None, model: str | None, annotator: str | None,
-             text: str | None) -> dict[str, Any]:
-    def clean(value: str | None) -> str | None:
-        return (value or "").strip() or None
+def quality_markdown(q: dict[str, Any]) -> str:
+    """The quality flags in one paragraph."""
+    f = q["flagged"]
+    lines = [f"**Data quality** over {q['pairs']} pairs: {f['contradictory']} contradictory votes in "
+             f"{q['contradictory_groups']} prompt/pair groups · {f['near_duplicate']} on near-duplicate prompts"]
+    lines += [f"- `{d['prompt']}` repeats `{d['repeats']}`" for d in q["near_duplicates"][:5]]
+    return "\n".join(lines)
 
-    return {"verdict": None if verdict == ALL else clean(verdict),
-            "approach": None if approach == ALL else clean(approach), "model": clean(model),
-            "annotator": clean(annotator), "text": clean(text)}
+
+def agreement_frame(q: dict[str, Any]) -> pd.DataFrame:
+    """Per annotator: votes, votes on repeated pairs, agreement with the others' majority."""
+    rows = [[who, a["votes"], a["repeated"], "" if a["agreement"] is None else f"{a['agreement']:.0%}"]
+            for who, a in q["agreement"].items()]
+    return pd.DataFrame(rows, columns=["annotator", "votes", "on repeated pairs", "agreement"])
 
 
-def build_data_tab(feedback: FeedbackStore) -> tuple[Callable[..., Any], list[Any], list[Any]]:
-    """Lay out the Data tab inside the current Blocks; returns (load function, its inputs, its outputs)
-    so the app can reload the records when the tab is opened."""
+def filters(verdict: str | None, approach: str | None, model: str | None, annotator: str | None,
+            text: str | None, prompt_set: str | None, since: str | None, until: str | None,
+            blind: str | None) -> dict[str, Any]:
+    """Query parameters for the server's feedback routes (empty fields left out)."""
+    values = {"verdict": None if verdict == ALL else verdict, "approach": None if approach == ALL else approach,
+              "model": model, "annotator": annotator, "text": text, "prompt_set": prompt_set, "since": since,
+              "until": until, "blind": BLIND.get(blind or ALL)}
+    return {k: v.strip() for k, v in values.items() if v and v.strip()}
+
+
+def build_data_tab(client: ServerClient, admin_key: gr.State, models: gr.State,
+                   jobs: TrainJobs) -> tuple[Callable[..., Any], list[Any], list[Any]]:
+    """Lay out the Data tab; returns (load function, its inputs, its outputs) so the app reloads it."""
     with gr.Row():
         verdict = gr.Dropdown([ALL, *VERDICTS], value=ALL, label="Verdict")
         approach = gr.Dropdown([ALL, *APPROACHES], value=ALL, label="Approach (either side)")
         model = gr.Textbox(label="Model or adapter (either side)")
         annotator = gr.Textbox(label="Annotator")
         text = gr.Textbox(label="Text contains")
+    with gr.Row():
+        prompt_set = gr.Textbox(label="Prompt set")
+        since = gr.Textbox(label="Since (YYYY-MM-DD)")
+        until = gr.Textbox(label="Until (YYYY-MM-DD)")
+        blind = gr.Dropdown(list(BLIND), value=ALL, label="Blind votes")
     refresh = gr.Button("Refresh", elem_id="data-refresh")
     summary = gr.Markdown(elem_id="data-summary")
     with gr.Row():
@@ -77,54 +110,94 @@ def build_data_tab(feedback: FeedbackStore) -> tuple[Callable[..., Any], list[An
                                   x_title="approach", y_title="win rate", height=240)
         per_adapter = gr.BarPlot(x="name", y="win_rate", title="Win rate per adapter", y_lim=[0, 1],
                                  x_title="adapter", y_title="win rate", height=240)
+    quality = gr.Markdown(elem_id="data-quality")
+    agreement = gr.Dataframe(interactive=False, label="Agreement per annotator (on repeated prompt/pair votes)",
+                             elem_id="data-agreement")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=420, elem_id="data-table",
-                         label="Preference records (click a row to select it)",
-                         column_widths=["17%", "10%", "6%", "10%", "10%", "15%", "14%", "12%", "6%"])
+                         label="Preference records (admin; click a row to select it)")
     with gr.Row():
         record_id = gr.Textbox(label="Selected record id", elem_id="data-record-id", scale=3)
-        delete = gr.Button("Delete record", variant="stop", scale=1)
+        delete = gr.Button("Delete record", variant="stop", scale=1, elem_id="data-delete")
     with gr.Row():
-        export = gr.Button("Export pairs (dpo-jsonl)", elem_id="data-export", scale=1)
+        fmt = gr.Radio(["dpo-jsonl", "hf-parquet"], value="dpo-jsonl", label="Export format", scale=1)
+        drop_contra = gr.Checkbox(value=True, label="Drop contradictory votes", scale=1)
+        drop_near = gr.Checkbox(value=False, label="Drop near-duplicate prompts", scale=1)
+        min_agree = gr.Slider(0, 1, value=0, step=0.05, label="Drop annotators below this agreement", scale=1)
+    with gr.Row():
+        export = gr.Button("Export pairs", elem_id="data-export", scale=1)
         exported = gr.File(label="Exported file", interactive=False, scale=3)
     status = gr.Markdown(elem_id="data-status")
-    filter_inputs = [verdict, approach, model, annotator, text]
+    inputs = [verdict, approach, model, annotator, text, prompt_set, since, until, blind]
 
-    def load(*values: str) -> tuple[Any, ...]:
+    def load(key: str | None, *values: str) -> tuple[Any, ...]:
+        params = filters(*values)
         try:
-            records = feedback.list(**_filters(*values), limit=1000)
-        except ValueError as e:
-            return gr.update(), gr.update(), gr.update(), gr.update(), str(e)
-        stats = feedback.stats()
-        return (records_frame(records), stats_markdown(stats, len(records)),
-                win_rate_frame(stats["per_approach"]), win_rate_frame(stats["per_adapter"]), "")
+            stats = client.stats(params)
+        except RuntimeError as e:
+            return (gr.update(),) * 6 + (f"**Cannot load:** {e}",)
+        charts = (win_rate_frame(stats["per_approach"]), win_rate_frame(stats["per_adapter"]))
+        if not key:
+            return (records_frame([]), stats_markdown(stats, None), *charts, "", agreement_frame({"agreement": {}}),
+                    "Records, quality flags, deletion and export are admin actions: unlock with the admin key "
+                    "at the top of the page.")
+        try:
+            listing = client.records(params, key)
+            q = client.quality(params, key)
+        except RuntimeError as e:
+            return (gr.update(), stats_markdown(stats, None), *charts, gr.update(), gr.update(), f"**{e}**")
+        return (records_frame(listing["data"]), stats_markdown(stats, len(listing["data"])), *charts,
+                quality_markdown(q), agreement_frame(q), "")
 
-    def remove(rid: str, *values: str) -> tuple[Any, ...]:
+    def remove(key: str | None, rid: str, *values: str) -> tuple[Any, ...]:
         rid = (rid or "").strip()
-        message = (f"Deleted `{rid}`." if rid and feedback.delete(rid)
-                   else f"No record `{rid}`; select a row first." if rid else "Select a row first.")
-        return (*load(*values)[:4], "", message)
+        if not rid:
+            return (*load(key, *values)[:6], "", "Select a row first.")
+        try:
+            client.delete_record(rid, key)
+        except (AdminKeyMissing, RuntimeError) as e:
+            return (*(gr.update(),) * 6, rid, f"**Not deleted:** {e}")
+        return (*load(key, *values)[:6], "", f"Deleted `{rid}`.")
 
-    def export_pairs(*values: str) -> tuple[Any, str]:
-        out = Path(tempfile.mkdtemp(prefix="loradock-export-")) / "preferences.dpo.jsonl"
-        filters = _filters(*values)
-        if filters["verdict"] in ("tie", "both_bad"):
+    def export_pairs(key: str | None, form: str, contra: bool, near: bool, agree: float,
+                     *values: str) -> tuple[Any, str]:
+        params = filters(*values)
+        if params.get("verdict") in ("tie", "both_bad"):
             return None, "Ties and both-bad votes are never exported; clear the verdict filter."
-        rows = feedback.export_dpo_jsonl(out, **filters)
-        return str(out), (f"Exported {rows} pairs (TRL conversational prompt/chosen/rejected). "
-                          "Train on them with `loradock train dpo`.")
+        params.pop("verdict", None)
+        try:
+            result = client.export(params, {"drop_contradictory": contra, "drop_near_duplicates": near,
+                                            "min_agreement": agree}, key)
+            out = Path(tempfile.mkdtemp(prefix="loradock-export-")) / "preferences"
+            if form == "dpo-jsonl":
+                path = write_dpo(result["data"], out.with_suffix(".dpo.jsonl"), form)
+            else:
+                path = Path(shutil.make_archive(str(out), "zip", write_dpo(result["data"], out, form)))
+        except (AdminKeyMissing, RuntimeError, ValueError) as e:
+            return None, f"**Not exported:** {e}"
+        return str(path), f"Exported {_report_line(result['report'])}. Train on them with `loradock train dpo`."
 
     def select(frame: pd.DataFrame, evt: gr.SelectData) -> str:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         return str(frame.iloc[row]["id"]) if frame is not None and len(frame) > row else ""
 
-    views = [table, summary, per_approach, per_adapter, status]
-    refresh.click(load, filter_inputs, views)
-    for dropdown in (verdict, approach):
-        dropdown.change(load, filter_inputs, views)
-    for box in (model, annotator, text):
-        box.submit(load, filter_inputs, views)
-    delete.click(remove, [record_id, *filter_inputs], [table, summary, per_approach, per_adapter, record_id,
-                                                       status])
-    export.click(export_pairs, filter_inputs, [exported, status])
+    views = [table, summary, per_approach, per_adapter, quality, agreement, status]
+    refresh.click(load, [admin_key, *inputs], views)
+    admin_key.change(load, [admin_key, *inputs], views)
+    for dropdown in (verdict, approach, blind):
+        dropdown.change(load, [admin_key, *inputs], views)
+    for box in (model, annotator, text, prompt_set, since, until):
+        box.submit(load, [admin_key, *inputs], views)
+    delete.click(remove, [admin_key, record_id, *inputs],
+                 [table, summary, per_approach, per_adapter, quality, agreement, record_id, status])
+    export.click(export_pairs, [admin_key, fmt, drop_contra, drop_near, min_agree, *inputs], [exported, status])
     table.select(select, table, record_id)
-    return load, filter_inputs, views
+    build_train_panel(client, jobs, admin_key, models, lambda *v: filters(*v), inputs,
+                      [drop_contra, drop_near, min_agree])
+    return load, [admin_key, *inputs], views
+
+
+def _report_line(report: dict[str, Any]) -> str:
+    dropped = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in report["dropped"].items() if n) or "none"
+    kept = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in report["kept_flagged"].items() if n) or "none"
+    return (f"{report['written']} of {report['pairs']} pairs (dropped: {dropped}; kept although flagged: "
+            f"{kept})")

@@ -43,7 +43,8 @@ class AdapterDetail(BaseModel):
     data_sha256: str | None = None
     data_rows: int | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, description="Loss curves ([step, loss]), eval, steps.")
-    versions: list[dict[str, Any]] = Field(default_factory=list, description="Published versions, newest first.")
+    version: int | None = Field(None, description="The current version (requests may pin name@version).")
+    versions: list[dict[str, Any]] = Field(default_factory=list, description="Kept versions, newest first.")
 
 
 def _public_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +65,10 @@ async def adapter_detail(name: str, request: Request) -> AdapterDetail:
         except (StoreError, ValueError):
             raise NotFound(f"no adapter {name!r} in the store", param="name", code="adapter_not_found") from None
     resident = await state.engine.resident_loras() if entry is not None else set()
+    try:
+        history = registry.history(name)
+    except NotFound:  # published but never validated into a version (e.g. refused)
+        history = []
     return AdapterDetail(
         id=name, served=entry is not None, loaded=entry is not None and entry.target.int_id in resident,
         pinned=bool(entry and entry.pinned), description=manifest.description, created=manifest.created,
@@ -71,4 +76,4 @@ async def adapter_detail(name: str, request: Request) -> AdapterDetail:
         template_sha256=manifest.template_sha256, template_ok=manifest.template_sha256 == state.template_sha256,
         method=manifest.provenance.method, recipe=_public_recipe(manifest.provenance.recipe),
         data_sha256=manifest.provenance.data_sha256, data_rows=manifest.provenance.data_rows,
-        metrics=manifest.metrics)
+        metrics=manifest.metrics, version=entry.version if entry is not None else None, versions=history)

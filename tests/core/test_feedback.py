@@ -175,3 +175,63 @@ def test_one_dpo_step_trains_on_the_export(sqlite_store: FeedbackStore, tmp_path
     assert torch.isfinite(torch.tensor(result.training_loss))
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before), "the LoRA weights must move"
+
+
+def test_an_older_database_gains_the_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as raw:  # the table as loradock 0.1 made it, with one vote in it
+        raw.execute("CREATE TABLE preference (id VARCHAR(40) PRIMARY KEY, created DATETIME, prompt JSON, "
+                    "chosen TEXT, rejected TEXT, verdict VARCHAR(16), chosen_model VARCHAR(128), "
+                    "rejected_model VARCHAR(128), chosen_approach VARCHAR(16), rejected_approach VARCHAR(16), "
+                    "template_sha256 VARCHAR(64), annotator VARCHAR(128), meta JSON)")
+        raw.execute("INSERT INTO preference VALUES ('fb-old', '2026-11-01 10:00:00', "
+                    "'[{\"role\": \"user\", \"content\": \"q\"}]', 'x', 'y', 'a', 'm', 'n', 'adapter', 'base', "
+                    f"'{template_sha256()}', NULL, '{{}}')")
+    with FeedbackStore(f"sqlite:///{db}") as store:
+        old = store.get("fb-old")
+        assert old is not None and old.blind is False and old.prompt_set is None
+        new = store.add(_vote("a", 1, blind=True, prompt_set="demo", shown_order=["Base", "Adapter: x"]))
+        assert [r.id for r in store.list(blind=True)] == [new.id]
+        assert [r.id for r in store.list(blind=False)] == ["fb-old"]
+
+
+def test_filters_by_prompt_set_date_and_blindness(store: FeedbackStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from loradock.core.feedback import FeedbackFilter
+
+    blind = store.add(_vote("a", 1, blind=True, prompt_set="capitals", chosen_version="2"))
+    named = store.add(_vote("b", 2))
+    assert store.get(blind.id).chosen_version == "2" and store.get(blind.id).blind is True
+    assert [r.id for r in store.list(FeedbackFilter(prompt_set="capitals"))] == [blind.id]
+    assert [r.id for r in store.list(FeedbackFilter(blind=False))] == [named.id]
+    now = datetime.now(UTC)
+    assert len(store.list(FeedbackFilter(since=now - timedelta(minutes=5)))) == 2
+    assert store.list(FeedbackFilter(until=now - timedelta(minutes=5))) == []
+    assert store.count(FeedbackFilter(blind=True)) == 1
+    assert store.stats(FeedbackFilter(prompt_set="capitals"))["total"] == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"chosen": "x" * 16_001}, "at most 16000"),
+    ({"prompt": [{"role": "user", "content": "q" * 32_001}]}, "longer than 32000"),
+    ({"prompt": [{"role": "user", "content": "q"}] * 65}, "at most 64"),
+    ({"meta": {"blob": "x" * 20_000}}, "meta is larger than"),
+    ({"shown_order": ["only one"]}, "at least 2"),
+])
+def test_records_are_size_capped(store: FeedbackStore, change: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        store.add({**_vote("a"), **change})
+
+
+def test_stats_are_grouped_in_sql_not_read_row_by_row(store: FeedbackStore) -> None:
+    from sqlalchemy import event
+
+    for i in range(30):
+        store.add(_vote(("a", "b", "tie")[i % 3], i))
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_: statements.append(" ".join(sql.split())))
+    stats = store.stats()
+    assert stats["total"] == 30 and stats["per_approach"]["adapter"]["games"] == 30
+    assert len(statements) == 3 and all("GROUP BY" in s and "count(*)" in s for s in statements), statements

@@ -75,3 +75,25 @@ def test_no_source_file_is_over_the_size_limit() -> None:
                and str(p.relative_to(REPO)) not in DATA_BANKS and "build" not in p.parts]
     long = {str(p.relative_to(REPO)): n for p in tracked if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by responsibility (limit {MAX_LINES} lines): {long}"
+
+
+# The UI reaches votes, records and adapters only through the server's routes (issue #12).
+UI_FORBIDDEN = ("loradock.core.feedback", "loradock.core.store", "loradock.core.versions", "loradock.core.leaderboard",
+                "sqlalchemy")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_ui_opens_no_database_and_reads_no_store() -> None:
+    bad = {str(p.relative_to(REPO)): sorted(m for m in _imported_modules(p) if m.startswith(UI_FORBIDDEN))
+           for p in sorted((REPO / "ui").rglob("*.py"))}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"ui/ talks to the server over HTTP only (votes, records, adapters): {bad}"

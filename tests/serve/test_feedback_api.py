@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -122,3 +123,106 @@ def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_record(db_url: str
     assert report["killed_with_sigkill"] and report["acknowledged"] >= 100, report
     assert report["lost_acknowledged"] == 0, report
     assert out.returncode == 0
+
+
+# -- in-process: the real app and database, an engine that never generates ------------------------------------
+API, ADMIN = {"Authorization": "Bearer k-api"}, {"Authorization": "Bearer k-admin"}
+
+
+@pytest.fixture()
+def app_client(tmp_path: Path, db_url: str, base_info):
+    from fastapi.testclient import TestClient
+
+    from loradock.core.settings import Settings
+    from loradock.core.store import AdapterStore
+    from loradock.core.synthetic import make_synthetic_adapters
+    from loradock.serve.app import create_app
+    from tests.conftest import BASE_MODEL
+    from tests.serve.feedback_server import IdleEngine
+
+    make_synthetic_adapters(AdapterStore(tmp_path / "adapters"), base_info, ["syn-a"])
+    settings = Settings(base_model=BASE_MODEL, adapters_dir=tmp_path / "adapters", api_key="k-api",
+                        admin_key="k-admin", feedback_per_minute=8, db_url=db_url)
+    with FeedbackStore(db_url) as store, TestClient(create_app(settings, engine=IdleEngine(), feedback=store)) as tc:
+        deadline = time.monotonic() + 30
+        while not tc.app.state.ready and time.monotonic() < deadline:  # the start task scans the store
+            time.sleep(0.05)
+        yield tc
+
+
+def _vote(i: int, winner: str = "syn-a", **extra: object) -> dict:
+    loser = "SmolLM2-135M-Instruct" if winner == "syn-a" else "syn-a"
+    return {**_row(i), "chosen_model": winner, "rejected_model": loser, "blind": True, "prompt_set": "warranty",
+            "chosen_approach": "adapter" if winner == "syn-a" else "base",
+            "rejected_approach": "base" if winner == "syn-a" else "adapter", "shown_order": ["B?", "A?"], **extra}
+
+
+def test_feedback_writes_are_rate_limited_per_key(app_client) -> None:
+    codes = [app_client.post("/v1/feedback", json=_vote(i), headers=API).status_code for i in range(9)]
+    assert codes == [200] * 8 + [429]
+    refused = app_client.post("/v1/feedback", json=_vote(9), headers=API)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["type"] == "rate_limit_error" and "a minute" in refused.json()["error"]["message"]
+    assert app_client.post("/v1/feedback", json=_vote(10), headers=ADMIN).status_code == 200  # its own bucket
+
+
+@pytest.mark.parametrize(("change", "param", "message"), [
+    ({"chosen": "x" * 16_001}, "chosen", "longer than 16000"),
+    ({"meta": {"blob": "x" * 20_000}}, "meta", "larger than 16384"),
+    ({"prompt": [{"role": "user", "content": "q"}] * 65}, "prompt", "at most 64"),
+])
+def test_oversized_records_get_a_400_that_names_the_field(app_client, change: dict, param: str,
+                                                         message: str) -> None:
+    r = app_client.post("/v1/feedback", json={**_vote(0), **change}, headers=API)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and message in r.json()["error"]["message"]
+
+
+def test_admin_routes_list_delete_check_and_export(app_client) -> None:
+    ids = [app_client.post("/v1/feedback", json=_vote(i), headers=API).json()["id"] for i in range(3)]
+    app_client.post("/v1/feedback", json=_vote(0, winner="SmolLM2-135M-Instruct",
+                                                chosen=ROW["rejected"], rejected=_row(0)["chosen"]), headers=API)
+    for method, path in (("GET", "/v1/feedback"), ("GET", "/v1/feedback/quality"),
+                         ("POST", "/v1/feedback/export"), ("DELETE", f"/v1/feedback/{ids[0]}")):
+        assert app_client.request(method, path, headers=API, json={}).status_code == 401, path
+    listed = app_client.get("/v1/feedback?blind=true&prompt_set=warranty&limit=2", headers=ADMIN).json()
+    assert listed["total"] == 4 and len(listed["data"]) == 2 and listed["data"][0]["shown_order"] == ["B?", "A?"]
+    quality = app_client.get("/v1/feedback/quality", headers=ADMIN).json()  # one prompt, both winners
+    assert quality["flagged"]["contradictory"] == 4 and quality["contradictory_groups"] == 1
+    export = app_client.post("/v1/feedback/export", json={}, headers=ADMIN).json()
+    assert export["report"]["dropped"]["contradictory"] == 4 and export["data"] == []
+    export = app_client.post("/v1/feedback/export", json={"quality": {"drop_contradictory": False}},
+                             headers=ADMIN).json()
+    assert export["report"]["kept_flagged"]["contradictory"] == 4 and len(export["data"]) == 4
+    assert set(export["data"][0]) == {"prompt", "chosen", "rejected"}
+    assert app_client.delete(f"/v1/feedback/{ids[0]}", headers=ADMIN).json()["deleted"] is True
+    gone = app_client.delete(f"/v1/feedback/{ids[0]}", headers=ADMIN)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "feedback_not_found"
+
+
+def test_stats_and_leaderboard_take_filters(app_client) -> None:
+    for i in range(5):
+        app_client.post("/v1/feedback", json=_vote(i, annotator="ana"), headers=API)
+    app_client.post("/v1/feedback", json=_vote(9, blind=False, prompt_set=None), headers=API)
+    stats = app_client.get("/v1/feedback/stats?blind=true", headers=API).json()
+    assert stats["total"] == 5 and stats["per_adapter"]["syn-a"]["win_rate"] == 1.0
+    board = app_client.get("/v1/feedback/leaderboard?level=adapter&annotator=ana&prompt_set=warranty",
+                           headers=API).json()
+    assert [r["name"] for r in board["ratings"]] == ["syn-a", "base"] and board["votes"] == 5
+    assert board["pairs"] == [{"a": "base", "b": "syn-a", "votes": 5, "a_wins": 0, "b_wins": 5, "ties": 0,
+                               "a_win_rate": 0.0, "lower": 0.0, "upper": pytest.approx(0.4345, abs=1e-3)}]
+    bad = app_client.get("/v1/feedback/leaderboard?level=model", headers=API)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "level"
+
+
+def test_adapter_details_come_from_the_server(app_client) -> None:
+    r = app_client.get("/v1/adapters/syn-a", headers=API)
+    assert r.status_code == 200, r.text
+    detail = r.json()
+    assert detail["id"] == "syn-a" and detail["served"] is True and detail["template_ok"] is True
+    assert detail["rank"] == 8 and detail["method"] == "synthetic"
+    assert detail["version"] == 1 and [v["version"] for v in detail["versions"]] == [1]
+    assert not any(str(v).startswith("/") for v in detail["recipe"].values()), "no server paths"
+    assert app_client.get("/v1/adapters/syn-a").status_code == 401
+    missing = app_client.get("/v1/adapters/nope", headers=API)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "adapter_not_found"

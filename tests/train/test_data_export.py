@@ -29,9 +29,30 @@ def test_data_export_command_writes_only_pairs(tmp_path: Path, db_url: str) -> N
     out = tmp_path / "pairs.jsonl"
     result = CliRunner().invoke(app, ["data", "export", "--format", "dpo-jsonl", "--out", str(out), "--db-url", url])
     assert result.exit_code == 0, result.output
-    assert "wrote 2 pairs" in result.output
+    # "a" and "b" on the same prompt and pair name opposite winners: contradictory, dropped by default.
+    assert "wrote 0 pairs" in result.output and "dropped: 2 contradictory" in result.output
+    result = CliRunner().invoke(app, ["data", "export", "--out", str(out), "--db-url", url, "--keep-contradictory"])
+    assert "wrote 2 pairs" in result.output and "kept although flagged: 2 contradictory" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["chosen"][0]["content"] for r in rows] == ["No idea.", "Two years."]
     assert rows[0]["prompt"] == [{"role": "user", "content": "Warranty?"}]
     bad = CliRunner().invoke(app, ["data", "export", "--format", "csv", "--out", str(out), "--db-url", url])
     assert bad.exit_code != 0
+
+
+def test_data_export_writes_a_parquet_datasets_folder(tmp_path: Path, db_url: str) -> None:
+    from datasets import load_dataset
+
+    with FeedbackStore(db_url) as store:
+        store.add(_vote("b"))
+        store.add(_vote("tie"))
+    out = tmp_path / "prefs"
+    result = CliRunner().invoke(app, ["data", "export", "--format", "hf-parquet", "--out", str(out),
+                                      "--db-url", db_url, "--annotator", "ana"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 pairs" in result.output and "(hf-parquet)" in result.output
+    ds = load_dataset(str(out), split="train")
+    assert ds.num_rows == 1 and ds[0]["chosen"] == [{"role": "assistant", "content": "Two years."}]
+    empty = CliRunner().invoke(app, ["data", "export", "--format", "hf-parquet", "--out", str(tmp_path / "none"),
+                                     "--db-url", db_url, "--annotator", "nobody"])
+    assert empty.exit_code != 0 and "no pairs to write" in empty.output

@@ -1,18 +1,26 @@
-"""UI logic that needs no browser: comparison plan, vote records, tables."""
+"""UI logic that needs no browser: comparison plan, arena rounds and vote records, tables, training jobs,
+the CLI's refusal to expose the UI without a login."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import random
 
 import pytest
-from pydantic import ValidationError
+from typer.testing import CliRunner
 
-from loradock.core.feedback import FeedbackStore
-from loradock.ui.adapters_tab import models_frame
+from loradock.core.feedback import FeedbackStore, PreferenceIn
+from loradock.ui.adapters_tab import curve_frame, models_frame
+from loradock.ui.arena import arena_record, contender, contender_labels, draw_pair, reveal
+from loradock.ui.cli import is_loopback, parse_auth
 from loradock.ui.compare_tab import MAX_ADAPTER_COLUMNS, passages_markdown, plan_sides, preference
-from loradock.ui.data_tab import records_frame, win_rate_frame
+from loradock.ui.data_tab import filters, records_frame, win_rate_frame
+from loradock.ui.leaderboard_tab import clean_filters, pairs_frame, ratings_frame
+from loradock.ui.train_job import _filter_flags
+from loradock.ui.train_panel import loss_frame, publish_name
 
 BASE = "SmolLM2-135M-Instruct"
+LISTING = [{"id": BASE, "parent": None}, {"id": "concise", "parent": BASE, "version": 3},
+           {"id": "pirate", "parent": BASE}]
 
 
 def _side(label: str, approach: str, model: str, text: str) -> dict:
@@ -29,21 +37,51 @@ def test_plan_sides_prompting_rag_and_capped_adapters() -> None:
                                   {"role": "user", "content": "Q?"}]
     assert rag.model == BASE and rag.rag == {"collection": "faq", "top_k": 3}
     assert rag.messages == adapter.messages == [{"role": "user", "content": "Q?"}]
-    assert adapter.model == "a1" and adapter.rag is None
     assert [s.label for s in plan_sides("Q?", "", BASE, [], "", 4)] == ["Prompting"]  # no collection: no RAG
 
 
-def test_vote_b_makes_side_b_the_chosen_answer() -> None:
+def test_named_vote_b_makes_side_b_the_chosen_answer() -> None:
     a = _side("Prompting", "prompting", BASE, "No idea.")
     b = _side("Adapter: faq", "adapter", "faq", "Two years.")
-    rec = preference("b", a, b, "Warranty?", " ana ")
+    rec = PreferenceIn.model_validate(preference("b", a, b, "Warranty?", " ana "))
     assert (rec.chosen, rec.rejected) == ("Two years.", "No idea.")
     assert (rec.chosen_approach, rec.chosen_model, rec.rejected_approach) == ("adapter", "faq", "prompting")
-    assert rec.annotator == "ana" and rec.meta["a"] == "Prompting" and rec.meta["b"] == "Adapter: faq"
-    tie = preference("tie", a, b, "Warranty?", None)
+    assert rec.annotator == "ana" and rec.blind is False and rec.shown_order == ["Prompting", "Adapter: faq"]
+    tie = PreferenceIn.model_validate(preference("tie", a, b, "Warranty?", None))
     assert (tie.chosen, tie.verdict, tie.annotator) == ("No idea.", "tie", None)
-    with pytest.raises(ValidationError, match="identical"):
-        preference("a", a, {**b, "text": "No idea."}, "Warranty?", None)
+
+
+def test_arena_draws_two_contenders_in_random_order() -> None:
+    labels = contender_labels(LISTING, "faq")
+    assert labels == ["Base", "Prompting", "RAG", "Adapter: concise", "Adapter: pirate"]
+    assert "RAG" not in contender_labels(LISTING, "")
+    draws = {draw_pair(["Base", "Adapter: concise"], random.Random(seed)) for seed in range(20)}
+    assert draws == {("Base", "Adapter: concise"), ("Adapter: concise", "Base")}, "both sides, at random"
+    with pytest.raises(ValueError, match="at least two"):
+        draw_pair(["Base", "Base"], random.Random(0))
+    side = contender("Adapter: concise", BASE, "", "", 4, {"concise": "3"})
+    assert (side.approach, side.model, side.version, side.messages) == ("adapter", "concise", "3", [])
+    assert contender("Prompting", BASE, "Be brief.", "", 4, {}).messages == [{"role": "system",
+                                                                             "content": "Be brief."}]
+
+
+def test_a_multi_turn_arena_vote_keeps_the_winners_conversation() -> None:
+    sides = [{"label": "Base", "approach": "base", "model": BASE, "system": [], "rag": None, "version": None},
+             {"label": "Adapter: concise", "approach": "adapter", "model": "concise", "system": [], "rag": None,
+              "version": "3"}]
+    histories = [[{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris is "
+                  "the capital of France and a large city."}, {"role": "user", "content": "And of Spain?"},
+                  {"role": "assistant", "content": "Madrid is the capital of Spain, in the centre."}],
+                 [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
+                  {"role": "user", "content": "And of Spain?"}, {"role": "assistant", "content": "Madrid."}]]
+    state = {"sides": sides, "histories": histories, "turns": 2, "voted": False}
+    body = arena_record("b", state, " ana ", "capitals")
+    rec = PreferenceIn.model_validate(body)
+    assert rec.prompt == histories[1][:-1] and (rec.chosen, rec.rejected) == ("Madrid.", histories[0][-1]["content"])
+    assert (rec.chosen_model, rec.chosen_version, rec.rejected_approach) == ("concise", "3", "base")
+    assert rec.blind is True and rec.shown_order == ["Base", "Adapter: concise"] and rec.prompt_set == "capitals"
+    assert rec.meta["turns"] == 2 and rec.meta["rejected_history"] == histories[0][:-1]
+    assert "A was **Base**" in reveal(state) and "B was **Adapter: concise** (version 3)" in reveal(state)
 
 
 def test_passages_are_numbered_with_source_and_score() -> None:
@@ -55,36 +93,37 @@ def test_passages_are_numbered_with_source_and_score() -> None:
     assert passages_markdown(None) == ""
 
 
-def test_models_table_flags_template_mismatch() -> None:
+def test_models_table_flags_template_mismatch_and_shows_versions() -> None:
     frame = models_frame([
         {"id": BASE, "parent": None, "loaded": True, "template_sha256": "a" * 64},
-        {"id": "good", "parent": BASE, "loaded": True, "rank": 8, "template_sha256": "a" * 64, "created": 0},
+        {"id": "good", "parent": BASE, "loaded": True, "rank": 8, "template_sha256": "a" * 64, "created": 0,
+         "version": 2},
         {"id": "drift", "parent": BASE, "loaded": False, "rank": 8, "template_sha256": "b" * 64},
     ])
     rows = {r["id"]: r for r in frame.to_dict("records")}
-    assert rows[BASE]["parent"] == "(base)"
+    assert rows[BASE]["parent"] == "(base)" and rows["good"]["version"] == 2
     assert rows["good"]["template"].endswith(" ok") and rows["drift"]["template"].endswith("MISMATCH")
-    assert rows["drift"]["loaded"] == "no"
-    unloaded = models_frame([{"id": BASE, "parent": None}], in_store=["gone"]).to_dict("records")[1]
+    unloaded = models_frame([{"id": BASE, "parent": None}], seen=["gone"]).to_dict("records")[1]
     assert (unloaded["id"], unloaded["parent"], unloaded["loaded"]) == ("gone", "(store)", "not served")
+    curve = curve_frame({"metrics": {"train_loss": [[1, 0.7], [2, 0.5]], "val_loss": [[2, 0.6]]}})
+    assert list(curve["curve"]) == ["train", "train", "validation"]
 
 
-def _store_with_votes(url: str) -> tuple[str, FeedbackStore]:
-    store = FeedbackStore(url)
-    a = _side("Prompting", "prompting", BASE, "No idea.")
-    b = _side("Adapter: faq", "adapter", "faq", "Two years.")
-    for verdict in ("a", "b", "tie", "both_bad"):
-        store.add(preference(verdict, a, b, "Warranty?", "ana"))
-    return url, store
-
-
-def test_data_tables(db_url: str) -> None:
-    _, store = _store_with_votes(db_url)
-    frame = records_frame(store.list())
+def test_data_tables_from_the_servers_json(db_url: str) -> None:
+    with FeedbackStore(db_url) as store:
+        a = _side("Prompting", "prompting", BASE, "No idea.")
+        b = _side("Adapter: faq", "adapter", "faq", "Two years.")
+        for verdict in ("a", "b", "tie", "both_bad"):
+            store.add(preference(verdict, a, b, "Warranty?", "ana"))
+        records = [r.model_dump(mode="json") for r in store.list()]  # what GET /v1/feedback returns
+        stats = store.stats()
+    frame = records_frame(records)
     assert list(frame["verdict"]) == ["both_bad", "tie", "b", "a"]
     assert frame.iloc[2]["chosen side"] == "adapter: faq"
-    rates = win_rate_frame(store.stats()["per_approach"]).set_index("name")
+    rates = win_rate_frame(stats["per_approach"]).set_index("name")
     assert rates.loc["adapter", "games"] == 4 and rates.loc["adapter", "win_rate"] == pytest.approx(0.375)
+    assert filters("all", "adapter", " faq ", "", "", "", "2026-01-01", "", "blind only") == {
+        "approach": "adapter", "model": "faq", "since": "2026-01-01", "blind": "true"}
 
 
 def test_win_rate_frame_is_numeric_even_when_empty() -> None:
@@ -93,11 +132,44 @@ def test_win_rate_frame_is_numeric_even_when_empty() -> None:
     assert frame.empty and str(frame["win_rate"].dtype) == "float64" and str(frame["games"].dtype) == "int64"
 
 
-def test_build_ui_has_the_four_tabs(tmp_path: Path) -> None:
+def test_leaderboard_tables() -> None:
+    board = {"ratings": [{"name": "concise", "rating": 1100.0, "lower": 1050.2, "upper": 1150.9, "votes": 20}],
+             "pairs": [{"a": "base", "b": "concise", "votes": 20, "a_wins": 2, "b_wins": 17, "ties": 1,
+                        "a_win_rate": 0.125, "lower": 0.04, "upper": 0.31}]}
+    assert ratings_frame(board).iloc[0].tolist() == [1, "concise", 1100.0, "1050 - 1151", 20]
+    assert pairs_frame(board).iloc[0]["95% interval"] == "4% - 31%"
+    assert clean_filters(" ana ", "", None, "2026-12-01", True) == {"annotator": "ana", "until": "2026-12-01",
+                                                                    "blind": "true"}
+
+
+def test_training_jobs_name_versions_and_flags() -> None:
+    assert publish_name("new", LISTING) == ("new", False)
+    assert publish_name("concise", LISTING) == ("concise", True), "servers with versions add one"
+    assert publish_name("pirate", LISTING + [{"id": "pirate-2", "parent": BASE}]) == ("pirate-3", False)
+    assert _filter_flags({"annotator": "ana", "blind": "true", "prompt_set": "p"},
+                         {"drop_contradictory": False, "min_agreement": 0.5}) == [
+        "--annotator", "ana", "--prompt-set", "p", "--blind", "--keep-contradictory", "--min-agreement", "0.5"]
+    frame = loss_frame({"train_loss": [[1, 0.69]], "val_loss": [[1, 0.6]]})
+    assert list(frame["curve"]) == ["train", "validation"]
+
+
+def test_ui_refuses_a_public_address_without_a_login() -> None:
+    from loradock.cli import app
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    assert parse_auth("ana:secret") == ("ana", "secret")
+    result = CliRunner().invoke(app, ["ui", "--host", "0.0.0.0", "--server", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "--auth USER:PASSWORD" in result.output
+    bad = CliRunner().invoke(app, ["ui", "--host", "0.0.0.0", "--auth", "nopassword"])
+    assert bad.exit_code == 2 and "USER:PASSWORD" in bad.output
+
+
+def test_build_ui_has_the_five_tabs() -> None:
     import gradio as gr
 
     from loradock.ui.app import build_ui
 
-    demo = build_ui("http://127.0.0.1:9", None, None, f"sqlite:///{tmp_path}/ui.db")
+    demo = build_ui("http://127.0.0.1:9", None)
     labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert labels == ["Chat", "Compare", "Data", "Adapters"]
+    assert labels == ["Chat", "Compare", "Leaderboard", "Data", "Adapters"]
