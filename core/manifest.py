@@ -42,7 +42,7 @@ class Provenance(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict, description="The resolved recipe.")
     data_sha256: str | None = None
     data_rows: int | None = None
-    world_size: int = Field(1, description="Training processes (data-parallel ranks) that trained it together.")
+    world_size: int = Field(default=1, description="Training processes (data-parallel ranks) trained it together.")
 
 
 class Manifest(BaseModel):

@@ -50,6 +50,8 @@ def test_two_processes_train_like_one_and_publish_once(tmp_path: Path, base_info
     assert manifest.provenance.world_size == 2 and single.provenance.world_size == 1
 
     m1, m2 = single.metrics, manifest.metrics
+    print(f"\n1 process: train {m1['train_loss']}, val {m1['val_loss']}; 2 processes: train {m2['train_loss']}, "
+          f"val {m2['val_loss']}")
     assert m1["steps"] == m2["steps"] == STEPS and m1["train_rows"] == m2["train_rows"] == 12
     # Step 1 starts from the same weights on the same 4 rows: the same loss, so the ranks split one batch.
     assert m2["train_loss"][0][1] == pytest.approx(m1["train_loss"][0][1], abs=1e-3)
