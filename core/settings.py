@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     store_poll_seconds: float = Field(1.0, description="How often the server rescans the adapter store.")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, description="Largest adapter weights file accepted.")
     keep_versions: int = Field(5, ge=1, description="Versions kept per adapter (older unused ones are deleted).")
+    retire_idle_s: float = Field(10.0, ge=0, description="A version no name serves any more (replaced, removed) "
+                                 "leaves the engine once its last request ended and it was idle this long.")
     engine_max_restarts: int = Field(3, ge=0, description="Engine restarts allowed within "
                                      "engine_restart_window_s; one more and the server exits non-zero.")
     engine_restart_window_s: float = Field(600.0, gt=0, description="Window for engine_max_restarts, seconds.")

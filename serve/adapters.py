@@ -43,9 +43,9 @@ class AdapterRegistry:
     """Servable adapters by name, each version with a stable engine id, refcounted while requests use it."""
 
     def __init__(self, store: AdapterStore, base: BaseModelInfo, limits: ValidationLimits, engine: Engine,
-                 pinned: set[str] | None = None, keep_versions: int = 5) -> None:
+                 pinned: set[str] | None = None, keep_versions: int = 5, retire_idle_s: float = 10.0) -> None:
         self.store, self.base, self.limits, self.engine = store, base, limits, engine
-        self.keep_versions = keep_versions
+        self.keep_versions, self.retire_idle_s = keep_versions, retire_idle_s
         self.views: dict[str, NameView] = {}
         self.invalid: dict[str, Refusal] = {}  # what admins see: entries and names refused, with why
         self._open: dict[str, OpenVersion] = {}  # by engine name (name@n)
@@ -246,8 +246,21 @@ class AdapterRegistry:
             return target
 
     def _maybe_unload(self, opened: OpenVersion) -> None:
-        """A version no request holds and no name serves leaves the engine (drained retirement)."""
-        if opened.in_flight == 0 and self._is_open(opened) and not self.is_current(opened.record):
+        """A version no request holds and no name serves leaves the engine (drained retirement), once it has
+        been idle for ``retire_idle_s`` (so requests pinning an old version do not load and unload it each)."""
+        if opened.in_flight or not self._is_open(opened) or self.is_current(opened.record):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a blocking scan outside the server: the next sync decides
+        wait = self.retire_idle_s - (time.monotonic() - opened.last_used)
+        if opened.timer is not None:
+            opened.timer.cancel()
+        if wait > 0:
+            opened.timer = loop.call_later(wait, self._maybe_unload, opened)
+        else:
+            opened.timer = None
             self._spawn(self._unload(opened))
 
     def _is_open(self, opened: OpenVersion) -> bool:
@@ -255,7 +268,8 @@ class AdapterRegistry:
 
     async def _unload(self, opened: OpenVersion) -> None:
         await asyncio.sleep(0)  # let an aborted request's own abort reach the engine first
-        if opened.in_flight or not self._is_open(opened) or self.is_current(opened.record):
+        if opened.in_flight or not self._is_open(opened) or self.is_current(opened.record) or \
+                time.monotonic() - opened.last_used < self.retire_idle_s:
             return
         del self._open[opened.record.label]
         try:

@@ -102,7 +102,8 @@ def create_app(settings: Settings, engine: Engine | None = None, retriever: Retr
     base = load_base_info(settings.base_model, settings.served_base_name)
     limits = ValidationLimits(max_rank=settings.max_lora_rank, max_bytes=settings.max_adapter_bytes)
     registry = AdapterRegistry(AdapterStore(settings.adapters_dir), base, limits, engine,
-                               pinned=set(settings.pinned_adapters), keep_versions=settings.keep_versions)
+                               pinned=set(settings.pinned_adapters), keep_versions=settings.keep_versions,
+                               retire_idle_s=settings.retire_idle_s)
     supervised.on_restart = registry.engine_restarted
     state = app.state
     state.settings, state.engine, state.registry, state.metrics = settings, engine, registry, metrics

@@ -7,9 +7,11 @@ result on the event loop, so no request ever waits on store I/O.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +53,7 @@ class OpenVersion:
     in_flight: int = 0
     added: bool = False  # add_lora succeeded on the current engine
     last_used: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None  # when it leaves the engine, once no name serves it
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ def scan_store(store: AdapterStore, limits_for: Callable[[str], ValidationLimits
             if current is not None:
                 manifest = manifests.get(current.folder) or read_version_manifest(current)
                 manifests[current.folder] = manifest
+            for v in kept:  # for history; versions never change, so each is read once
+                if v.folder not in manifests:
+                    with suppress(AdapterInvalid):
+                        manifests[v.folder] = read_version_manifest(v)
         except AdapterInvalid as e:  # a version folder damaged by hand
             log.warning("adapter %s: current version unreadable: [%s] %s", name, e.code, e.message)
             views[name] = NameView(name, None, None, Refusal(code=e.code, message=e.message))
@@ -107,4 +114,7 @@ def scan_store(store: AdapterStore, limits_for: Callable[[str], ValidationLimits
         if state.source.refusal is not None:
             invalid[name] = state.source.refusal
         views[name] = NameView(name, current, manifest, state.source.refusal, tuple(kept))
+    live = {v.folder for view in views.values() for v in view.kept}
+    for folder in [f for f in manifests if f not in live and f.parent.name not in failed]:
+        del manifests[folder]  # collected versions
     return StoreSnapshot(views, invalid, frozenset(failed))

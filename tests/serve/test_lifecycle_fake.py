@@ -59,7 +59,7 @@ def served(seeded, tmp_path):
     root = tmp_path / "adapters"
     shutil.copytree(seeded.root, root)
     settings = Settings(base_model=BASE_MODEL, adapters_dir=root, store_poll_seconds=0.1, api_key="k",
-                        admin_key="a", engine_max_restarts=1)
+                        admin_key="a", engine_max_restarts=1, retire_idle_s=0.2)
     engine = MortalEngine(AutoTokenizer.from_pretrained(str(BASE_MODEL)), delay=0.02)
     app = create_app(settings, engine=engine)
     with TestClient(app) as tc:

@@ -30,7 +30,7 @@ def app_env(seeded_store, tmp_path):
     root = tmp_path / "adapters"
     shutil.copytree(seeded_store.root, root)
     settings = Settings(base_model=BASE_MODEL, adapters_dir=root, store_poll_seconds=0.1, max_num_seqs=2,
-                        max_waiting=1, api_key="k", admin_key="a", max_messages=3)
+                        max_waiting=1, api_key="k", admin_key="a", max_messages=3, retire_idle_s=0)
     engine = FakeEngine(AutoTokenizer.from_pretrained(str(BASE_MODEL)))
     app = create_app(settings, engine=engine)
     with TestClient(app) as tc:
