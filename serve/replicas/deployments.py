@@ -183,6 +183,11 @@ class IngressServer:
                                                 ).results_async(timeout_s=120, return_exceptions=True)
         return {rid: answer for rid, answer in (r for r in results if isinstance(r, tuple)) if answer is not None}
 
+    async def once(self, request: asgi.HttpRequest) -> asgi.HttpResponse:
+        """Run ``request`` on one replica and return the whole answer."""
+        start, body = await self.routed(request, "")
+        return asgi.HttpResponse(start.status, start.headers, b"".join([chunk async for chunk in body]))
+
     async def routed(self, request: asgi.HttpRequest, model_id: str
                      ) -> tuple[asgi.ResponseStart, AsyncIterator[bytes]]:
         """Send ``request`` to one replica (one with ``model_id`` resident when possible). A replica that dies

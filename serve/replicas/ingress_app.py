@@ -65,6 +65,11 @@ def build_ingress_app(server: IngressServer) -> FastAPI:
                                   headers={"Retry-After": "5"})
             merged = {"models": merge.models, "metrics": merge.metrics}.get(kind, merge.worst)(answers)
             return _response(merged)
+        if kind == "store":  # once, on one replica; then every replica rescans the store before we answer
+            answer = await server.once(req)
+            auth = [(k, v) for k, v in req.headers if k.lower() == "authorization"]
+            await server.broadcast(HttpRequest("GET", "/v1/models", headers=auth), changes_state=False)
+            return _response(answer)
         model_id = server.router.model_id(req.body) if kind == "adapter" else ""
         try:
             start, body = await server.routed(req, model_id)

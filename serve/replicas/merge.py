@@ -33,16 +33,19 @@ def _tagged(response: HttpResponse, answers: dict[str, HttpResponse], body: byte
 
 
 def models(answers: dict[str, HttpResponse]) -> HttpResponse:
-    """``GET /v1/models`` over all replicas: each model once, ``loaded`` if any replica has it resident, and
-    ``replicas`` / ``loaded_on`` naming the replicas that serve it and that have it resident."""
+    """``GET /v1/models`` over all replicas: each model once, ``loaded`` if any replica has it resident,
+    ``replicas`` / ``loaded_on`` naming the replicas that serve it and that have it resident, and
+    ``version_on``: the version each replica serves."""
     ok = _ok(answers)
     if not ok:
         return worst(answers)
     cards: dict[str, dict[str, Any]] = {}
     for rid in sorted(ok):
         for card in json.loads(ok[rid].body)["data"]:
-            merged = cards.setdefault(card["id"], {**card, "loaded": False, "replicas": [], "loaded_on": []})
+            merged = cards.setdefault(card["id"], {**card, "loaded": False, "replicas": [], "loaded_on": [],
+                                                   "version_on": {}})
             merged["replicas"].append(rid)
+            merged["version_on"][rid] = card.get("version")
             if card.get("loaded"):
                 merged["loaded"] = True
                 merged["loaded_on"].append(rid)

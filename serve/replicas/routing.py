@@ -10,13 +10,16 @@ from starlette.routing import Match
 
 from loradock.core.settings import Settings
 
-Kind = Literal["adapter", "models", "metrics", "broadcast", "any"]
+Kind = Literal["adapter", "models", "metrics", "broadcast", "store", "any"]
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Admin calls that change the shared store itself: run once (on any replica), never per replica, and never
+# replayed (a rollback without `to` run on N replicas would go back N versions).
+STORE_CHANGES = ("/v1/adapters/{name}/rollback",)
 
 
 def _admin_routes() -> list[APIRoute]:
     """Every route of serve/routes/admin.py (load, unload, versions, ...): they change or read one replica's
-    adapter state, so they run on all of them."""
+    adapter state, so they run on all of them (but for STORE_CHANGES)."""
     from loradock.serve.routes import admin
 
     routers = [v for v in vars(admin).values() if isinstance(v, APIRouter)]
@@ -39,9 +42,10 @@ class Router:
         if method == "GET" and path == "/metrics":
             return "metrics"
         scope = {"type": "http", "path": path, "method": method, "root_path": ""}
-        if any(route.matches(scope)[0] == Match.FULL for route in self.admin):
-            return "broadcast"
-        return "any"
+        matched = [route for route in self.admin if route.matches(scope)[0] == Match.FULL]
+        if any(route.path in STORE_CHANGES for route in matched):
+            return "store"
+        return "broadcast" if matched else "any"
 
     def model_id(self, body: bytes) -> str:
         """Ray Serve's multiplexed model id for an inference body: the adapter named in ``model``; "" for the

@@ -24,6 +24,7 @@ def test_router_sends_inference_by_adapter_and_admin_everywhere() -> None:
     assert router.kind("GET", "/v1/models") == "models" and router.kind("GET", "/metrics") == "metrics"
     assert router.kind("POST", "/v1/load_lora_adapter") == router.kind("POST", "/v1/unload_lora_adapter") == "broadcast"
     assert router.kind("POST", "/v1/feedback") == router.kind("GET", "/v1/feedback/stats") == "any"
+    assert router.kind("POST", "/v1/adapters/pirate/rollback") == "store", "a store change runs once, not per replica"
     assert router.model_id(json.dumps({"model": "pirate", "messages": []}).encode()) == "pirate"
     assert router.model_id(json.dumps({"model": BASE_MODEL.name}).encode()) == ""  # the base: any replica
     assert router.model_id(b"not json") == router.model_id(b"[1]") == router.model_id(b'{"model": 3}') == ""
