@@ -28,6 +28,17 @@ LONG = [{"role": "user", "content": " ".join(f"Note {i}: the harbour opens at da
                                              for i in range(40)) + " When does the harbour open?"}]
 
 
+@pytest.fixture(scope="module")
+def strong(server, base_info) -> tuple[str, str]:
+    """Two adapters far from the base and from each other (the session's syn-a/syn-b open alike on Q), so
+    which weights wrote an answer shows in its first words."""
+    from loradock.core.synthetic import make_synthetic_adapters
+
+    names = ["strong-a", "strong-b"]
+    make_synthetic_adapters(AdapterStore(server.adapters_dir), base_info, names, seed=41, scale=2.0)
+    return names[0], names[1]
+
+
 def greedy(client, model, messages=Q, max_tokens=24) -> str:
     return client.chat.completions.create(model=model, messages=messages, temperature=0,
                                           max_tokens=max_tokens).choices[0].message.content
@@ -51,14 +62,15 @@ def admin(server) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=server.headers(admin=True), timeout=120)
 
 
-def test_same_name_republish_answers_like_the_new_weights_even_for_a_cached_prompt(client, server, publish_copy):
-    publish_copy("syn-a", "victim")
+def test_same_name_republish_answers_like_the_new_weights_even_for_a_cached_prompt(client, server, publish_copy,
+                                                                                  strong):
+    publish_copy(strong[0], "victim")
     assert wait_for(lambda: version(client, "victim") == 1)
     before = greedy(client, "victim", LONG)  # leaves syn-a's KV blocks for this prompt in the prefix cache
-    publish_copy("syn-b", "victim")  # same name, same folder, new weights (atomic rename)
+    publish_copy(strong[1], "victim")  # same name, same folder, new weights (atomic rename)
     assert wait_for(lambda: version(client, "victim") == 2)
     after = greedy(client, "victim", LONG)
-    assert after == greedy(client, "syn-b", LONG)
+    assert after == greedy(client, strong[1], LONG)
     assert after != before
     AdapterStore(server.adapters_dir).remove("victim")
 
@@ -101,12 +113,13 @@ def _answers_like(text: str, expected: str, other: str) -> bool:
     return _common_prefix(text, expected) > _common_prefix(text, other)
 
 
-def test_remove_and_overwrite_while_six_streams_run_drain_on_the_old_version(client, server, publish_copy):
+def test_remove_and_overwrite_while_six_streams_run_drain_on_the_old_version(client, server, publish_copy, strong):
     store = AdapterStore(server.adapters_dir)
     tokens = 96
-    ref = {src: greedy(client, src, max_tokens=tokens) for src in ("syn-a", "syn-b")}
-    assert _common_prefix(ref["syn-a"], ref["syn-b"]) < 8
-    publish_copy("syn-a", "drain")
+    a, b = strong
+    ref = {src: greedy(client, src, max_tokens=tokens) for src in strong}
+    assert _common_prefix(ref[a], ref[b]) < 8  # the two part at once, so an answer's opening says whose it is
+    publish_copy(a, "drain")
     assert wait_for(lambda: version(client, "drain") == 1)
     health: list[int] = []
     stop = threading.Event()
@@ -119,7 +132,7 @@ def test_remove_and_overwrite_while_six_streams_run_drain_on_the_old_version(cli
     poller = threading.Thread(target=poll_health, daemon=True)
     poller.start()
     ops = admin(server)
-    for step, old, new in (("overwrite", "syn-a", "syn-b"), ("remove", "syn-b", "syn-a")):
+    for step, old, new in (("overwrite", a, b), ("remove", b, a)):
         threads, texts, finish, errors = _streams(client, "drain", 6, tokens)
         if step == "overwrite":
             publish_copy(new, "drain")
@@ -220,12 +233,13 @@ def test_broken_folders_are_refused_with_their_code_and_the_store_keeps_serving(
                 shutil.rmtree(path)
 
 
-def test_rollback_and_pinned_versions_through_the_openai_client(client, server, publish_copy):
-    publish_copy("syn-a", "pinver")
+def test_rollback_and_pinned_versions_through_the_openai_client(client, server, publish_copy, strong):
+    publish_copy(strong[0], "pinver")
     assert wait_for(lambda: version(client, "pinver") == 1)
-    publish_copy("syn-b", "pinver")
+    publish_copy(strong[1], "pinver")
     assert wait_for(lambda: version(client, "pinver") == 2)
-    a, b = greedy(client, "syn-a"), greedy(client, "syn-b")
+    a, b = greedy(client, strong[0]), greedy(client, strong[1])
+    assert a != b
     assert (greedy(client, "pinver@1"), greedy(client, "pinver@2"), greedy(client, "pinver")) == (a, b, b)
     card = {m.id: m.model_extra for m in client.models.list().data}["pinver"]
     assert card["version"] == 2 and len(card["content_sha256"]) == 64
