@@ -206,6 +206,19 @@ def test_an_adapter_published_into_the_shared_store_is_servable_on_both(cluster:
     cluster.figures["store_to_servable_s"] = round(_wait_for(cluster, everywhere, 30, "syn-new on both"), 1)
     assert cluster.chat("syn-new") in ids
 
+    # A republish is a new version on both; a rollback changes the shared store once, not once per replica.
+    def versions() -> dict[str, int]:
+        return next(m for m in cluster.client.models.list().data if m.id == "syn-new").model_extra["version_on"]
+
+    first = versions()
+    assert len(set(first.values())) == 1, first
+    cluster.store.copy_from(cluster.store.path("syn-b"), manifest, overwrite=True)
+    _wait_for(cluster, lambda: set(versions().values()) == {first[ids[0]] + 1}, 30, "version 2 on both")
+    back = httpx.post(f"{cluster.url}/v1/adapters/syn-new/rollback", headers={"Authorization": f"Bearer {ADMIN}"},
+                      timeout=60)
+    assert back.status_code == 200, back.text
+    assert versions() == first, "both replicas serve the version rolled back to, one step back"
+
 
 def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(cluster: Cluster) -> None:
     before = cluster.replicas()
