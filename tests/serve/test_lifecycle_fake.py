@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -107,6 +108,7 @@ def test_a_replaced_or_removed_version_leaves_the_engine_after_its_last_request(
     threads, texts = _streams(tc, "alpha", 3, 60)
     assert _until(lambda: _in_flight(app, "alpha", 1) == 3)
     old_id = app.state.registry.entries["alpha"].target.int_id
+    assert Path(engine.resident[old_id].path).parent.parent.name == ".versions"  # the engine reads the snapshot
     if change == "republish":
         store.copy_from(store.path("beta"), store.read_manifest("alpha"), overwrite=True)
         assert _until(lambda: app.state.registry.entries["alpha"].version == 2)
