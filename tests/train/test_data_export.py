@@ -56,3 +56,15 @@ def test_data_export_writes_a_parquet_datasets_folder(tmp_path: Path, db_url: st
     empty = CliRunner().invoke(app, ["data", "export", "--format", "hf-parquet", "--out", str(tmp_path / "none"),
                                      "--db-url", db_url, "--annotator", "nobody"])
     assert empty.exit_code != 0 and "no pairs to write" in empty.output
+
+
+def test_train_from_votes_refuses_when_no_pairs_match(tmp_path: Path, db_url: str) -> None:
+    with FeedbackStore(db_url) as store:
+        store.add(_vote("tie"))
+    progress = tmp_path / "progress.jsonl"
+    result = CliRunner().invoke(app, ["train", "dpo", "--from-votes", "--db-url", db_url, "--name", "nothing",
+                                      "--adapters-dir", str(tmp_path / "store"), "--progress-file", str(progress)])
+    assert result.exit_code == 2 and "no preference pairs match" in result.output
+    events = [json.loads(line)["event"] for line in progress.read_text().splitlines()]
+    assert events == ["export", "error"]
+    assert not (tmp_path / "store" / "nothing").exists()
