@@ -2,9 +2,10 @@
 # loradock images. Default target: GPU (official vLLM build). CPU: `docker build --target cpu -t loradock:cpu .`
 #   docker build -t loradock:gpu .
 #   docker run --gpus all -p 8000:8000 -p 7860:7860 -e LORADOCK_API_KEY=... -e LORADOCK_ADMIN_KEY=... \
-#     -v loradock-adapters:/app/adapters -v loradock-var:/app/var loradock:gpu
-# No open-to-the-world defaults: on 0.0.0.0 the server refuses to start without both keys (LORADOCK_INSECURE=1
-# overrides, on purpose only), and /metrics, /docs and /openapi.json need the admin key (or LORADOCK_METRICS_KEY).
+#     -e LORADOCK_UI_AUTH=user:password -v loradock-adapters:/app/adapters -v loradock-var:/app/var loradock:gpu
+# No open-to-the-world defaults: on 0.0.0.0 the server refuses to start without both keys and the UI without a
+# login (LORADOCK_INSECURE=1 overrides, on purpose only); /metrics, /docs and /openapi.json need the admin key
+# (or LORADOCK_METRICS_KEY).
 # Dependencies are installed by scripts/install_deps.sh, the same script `make setup` runs.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

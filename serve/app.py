@@ -24,6 +24,7 @@ from loradock.serve.errors import install_error_handlers
 from loradock.serve.generation import GenerationService, Retriever
 from loradock.serve.limits import BodyLimit
 from loradock.serve.metrics import Metrics
+from loradock.serve.openapi import install_links
 from loradock.serve.routes import adapters as adapter_routes
 from loradock.serve.routes import admin, inference, models, system
 from loradock.serve.routes import feedback as feedback_routes
@@ -117,4 +118,5 @@ def create_app(settings: Settings, engine: Engine | None = None, retriever: Retr
     app.include_router(admin.reader)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(OperatorPaths, keys=operator_keys(settings))
+    install_links(app, settings)
     return app

@@ -18,7 +18,8 @@ class InjectedFault(RuntimeError):
 
 
 class FaultInjector:
-    """Delegates to ``engine``; a prompt whose text contains ``marker`` fails after ``after_steps`` steps."""
+    """Delegates to ``engine``; a prompt whose text contains ``marker`` fails after ``after_steps`` steps (or
+    instead of its last step, whichever comes first)."""
 
     def __init__(self, engine: Engine, marker: str, after_steps: int = 3) -> None:
         self.engine, self.marker, self.after_steps = engine, marker, after_steps
@@ -42,7 +43,7 @@ class FaultInjector:
         async with aclosing(self.engine.generate(prompt_ids, params, request_id, lora)) as steps:
             done = 0
             async for step in steps:
-                if armed and done >= self.after_steps:
+                if armed and (done >= self.after_steps or step.finished):  # a FINAL_ONLY run has one step
                     raise InjectedFault(f"injected engine failure after {done} steps ({request_id})")
                 done += 1
                 yield step

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
@@ -63,6 +63,7 @@ class Prepared:
     echo: str | None = None  # completions: prompt text put before each choice's text
     include_usage: bool = False
     request_id: str = field(default_factory=lambda: new_id("req"))
+    streamed: bool = False  # the SSE body started (a stream abandoned before that is counted by its response)
 
 
 class EngineFailed(RuntimeError):
@@ -113,7 +114,7 @@ def as_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, ParamsRejected):
         return BadRequest(str(exc), param=exc.param, code="invalid_parameter")
-    if any(c.__name__ in ("EngineDeadError", "EngineUnavailable") for c in type(exc).__mro__):
+    if any(c.__name__ == "EngineDeadError" for c in type(exc).__mro__):  # vLLM's, if one gets past the engine
         return Unavailable("the engine is not available (stopped or restarting); retry in a few seconds",
                            code="engine_unavailable", headers={"Retry-After": "5"})
     return ServerError("the engine failed on this request; retry, and report it if it keeps failing",
@@ -124,10 +125,10 @@ class OwnedStream(StreamingResponse):
     """An SSE response that owns its request's resources and releases them when the response ends,
     whether the stream finished, failed, or was abandoned before it was ever iterated."""
 
-    def __init__(self, content: AsyncIterator[str], resources: AsyncExitStack) -> None:
+    def __init__(self, content: AsyncIterator[str], resources: AsyncExitStack, on_end: Callable[[], None]) -> None:
         super().__init__(content, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.resources = resources
+        self.resources, self.on_end = resources, on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -137,6 +138,7 @@ class OwnedStream(StreamingResponse):
             if aclose is not None:
                 with suppress(Exception):
                     await aclose()
+            self.on_end()
             await self.resources.aclose()
 
 
@@ -214,8 +216,20 @@ class GenerationService:
             logit_bias={int(k): v for k, v in req.logit_bias.items()} if req.logit_bias else None,
             include_stop_str_in_output=req.include_stop_str_in_output, skip_special_tokens=req.skip_special_tokens,
             spaces_between_special_tokens=req.spaces_between_special_tokens, structured=structured)
-        self.engine.check(params)
+        try:
+            self.engine.check(params)
+        except ParamsRejected as e:
+            if e.param is None and structured is not None and self._accepted(replace(params, structured=None)):
+                raise ParamsRejected(str(e), "response_format") from e  # the grammar was what vLLM refused
+            raise
         return params
+
+    def _accepted(self, params: GenParams) -> bool:
+        try:
+            self.engine.check(params)
+        except ParamsRejected:
+            return False
+        return True
 
     # -- running ----------------------------------------------------------------------------------------
     async def handle(self, wire_type: type[Wire], req: SamplingFields, request: Request,
@@ -228,11 +242,19 @@ class GenerationService:
         try:
             slot = self.admission.admit()
             resources.callback(slot.release)
-            prep = await prepare(self, req, resources)
+            try:
+                prep = await prepare(self, req, resources)
+            except ParamsRejected as e:  # vLLM's own checks refused the sampling parameters
+                raise as_api_error(e) from e
             wire = wire_type(prep)
             if prep.params.stream:
                 streaming = True  # from here the response owns the resources
-                return OwnedStream(self._sse(wire, prep, slot), resources)
+
+                def counted_if_never_started() -> None:
+                    if not prep.streamed:
+                        self.metrics.requests.labels(prep.model, wire.endpoint, "aborted").inc()
+
+                return OwnedStream(self._sse(wire, prep, slot), resources, counted_if_never_started)
             choices, prompt_tokens = await self._collect_unless_disconnected(wire, prep, request, slot)
         finally:
             if not streaming:
@@ -307,6 +329,7 @@ class GenerationService:
             self.metrics.requests.labels(prep.model, wire.endpoint, status).inc()
 
     async def _sse(self, wire: Wire, prep: Prepared, slot: Slot) -> AsyncIterator[str]:
+        prep.streamed = True
         cid, created = new_id(wire.id_prefix), now()
         prompt_tokens, completion_tokens, status = len(prep.prompt_ids), 0, "ok"
         head = f'{{"id": "{cid}", "object": "{wire.chunk_object}", "created": {created}, ' \

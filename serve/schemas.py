@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from loradock.rag.index import Passage
 
@@ -43,14 +43,20 @@ REFUSED: dict[str, str] = {
 }
 
 
+# logit_bias keys are token ids written as strings; the schema says so, so generated clients send them right.
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+
+
 def _set(value: Any) -> bool:
     """Whether a refusable field asks for something (null, false and empty containers ask for nothing)."""
     return value is not None and value is not False and value != [] and value != {}
 
 
 class _Request(BaseModel):
-    # Extras are kept so they can be refused by name (see `refusals`); non-finite floats are invalid JSON.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    # Extras are kept so they can be refused by name (see `refusals`); the schema says none are accepted.
+    # Non-finite floats are not JSON.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra={"additionalProperties": False})
 
     def refusals(self) -> tuple[str, str] | None:
         """The first field this server refuses, as (field, message); None when every field is handled."""
@@ -95,12 +101,12 @@ class RequestMessage(ChatMessage):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"] = Field(  # type: ignore[assignment]
         description="`developer` is OpenAI's newer name for `system` and is rendered as one.")
-    name: str | None = Field(None, description="Refused when set: the chat template has no speaker names.")
+    name: None = Field(None, description="Refused when set: the chat template has no speaker names.")
 
-    @field_validator("name")
+    @field_validator("name", mode="before")
     @classmethod
-    def _no_names(cls, v: str | None) -> None:
-        if v:
+    def _no_names(cls, v: Any) -> None:
+        if v is not None:
             raise ValueError("the chat template has no speaker names, so `name` would be ignored; remove it")
         return None
 
@@ -148,7 +154,7 @@ class SamplingFields(_Request):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = Field(
+    logit_bias: dict[TokenIdKey, Bias] | None = Field(
         None, max_length=1024, description="Token id (as a string) -> bias in [-100, 100], as in OpenAI.")
     user: str | None = Field(None, max_length=256, description="Accepted; not used.")
     # vLLM extensions, honoured.
@@ -157,7 +163,8 @@ class SamplingFields(_Request):
     min_p: float | None = Field(None, ge=0, le=1, description="vLLM extension.")
     repetition_penalty: float | None = Field(None, gt=0, description="vLLM extension: 1 disables.")
     min_tokens: int = Field(0, ge=0, le=INT64_MAX, description="vLLM extension: generate at least this many.")
-    stop_token_ids: list[int] | None = Field(None, max_length=64, description="vLLM extension.")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=64,
+                                                                    description="vLLM extension.")
     include_stop_str_in_output: bool = Field(False, description="vLLM extension.")
     skip_special_tokens: bool = Field(True, description="vLLM extension.")
     spaces_between_special_tokens: bool = Field(True, description="vLLM extension.")
@@ -172,13 +179,13 @@ class SamplingFields(_Request):
             raise ValueError(f"stop takes up to {MAX_STOP} non-empty strings")
         return stops or None
 
-    @field_validator("logit_bias")
+    @field_validator("logit_bias", mode="before")
     @classmethod
-    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (v or {}).items():
-            if not key.isdigit():
+    def _logit_bias(cls, v: Any) -> Any:
+        for key, bias in (v.items() if isinstance(v, dict) else ()):
+            if not (isinstance(key, str) and key.isdigit()):
                 raise ValueError(f"logit_bias keys are token ids as strings, like '1234'; got {key!r}")
-            if not -100 <= bias <= 100:
+            if isinstance(bias, int | float) and not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias values must be in [-100, 100]; got {bias} for token {key}")
         return v
 
@@ -205,58 +212,60 @@ class SamplingFields(_Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[RequestMessage] = Field(min_length=1)
+    messages: list[RequestMessage] = Field(min_length=1, json_schema_extra={
+        "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}})
     max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: ResponseFormat | None = None
     rag: RagSpec | None = None
-    tool_choice: str | dict[str, Any] | None = Field(
+    tool_choice: Literal["none"] | None = Field(
         None, description="Only 'none' (or null) is accepted: this model has no tool-call format.")
     parallel_tool_calls: bool | None = Field(None, description="Accepted; meaningless without tools.")
-    store: bool | None = Field(None, description="Refused when true: completions are not stored.")
+    store: Literal[False] | None = Field(None, description="Refused when true: completions are not stored.")
     metadata: dict[str, str] | None = Field(None, max_length=16, description="Accepted; not stored.")
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = Field(
         None, description="Accepted; there is one tier.")
-    modalities: list[str] | None = Field(None, description="Only ['text'].")
+    modalities: list[Literal["text"]] | None = Field(None, description="Only ['text'].")
     prediction: dict[str, Any] | None = Field(
         None, description="Accepted; a latency hint that cannot change the answer.")
     prompt_cache_key: str | None = Field(None, max_length=256, description="Accepted; prefix caching is automatic.")
     safety_identifier: str | None = Field(None, max_length=256, description="Accepted; not used.")
-    echo: bool | None = Field(False, description="vLLM extension; refused when true for chat.")
-    add_generation_prompt: bool | None = Field(True, description="vLLM extension; only true.")
+    echo: Literal[False] | None = Field(False, description="vLLM extension; refused when true for chat.")
+    add_generation_prompt: Literal[True] | None = Field(True, description="vLLM extension; only true.")
 
-    @field_validator("tool_choice")
+    # "before" validators: their messages say what to change, instead of pydantic's "Input should be ...".
+    @field_validator("tool_choice", mode="before")
     @classmethod
     def _tool_choice(cls, v: Any) -> Any:
         if v not in (None, "none"):
             raise ValueError("this model's chat template has no tool-call format; only 'none' is accepted")
         return v
 
-    @field_validator("store")
+    @field_validator("store", mode="before")
     @classmethod
-    def _store(cls, v: bool | None) -> bool | None:
-        if v:
+    def _store(cls, v: Any) -> Any:
+        if v is True:
             raise ValueError("this server does not store completions; remove store or set it to false")
         return v
 
-    @field_validator("modalities")
+    @field_validator("modalities", mode="before")
     @classmethod
-    def _modalities(cls, v: list[str] | None) -> list[str] | None:
-        if v and v != ["text"]:
+    def _modalities(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(m != "text" for m in v):
             raise ValueError("this server generates text only; use ['text'] or leave modalities out")
         return v
 
-    @field_validator("echo")
+    @field_validator("echo", mode="before")
     @classmethod
-    def _chat_echo(cls, v: bool | None) -> bool | None:
-        if v:
+    def _chat_echo(cls, v: Any) -> Any:
+        if v is True:
             raise ValueError("echo is not supported for chat completions; remove it")
         return v
 
-    @field_validator("add_generation_prompt")
+    @field_validator("add_generation_prompt", mode="before")
     @classmethod
-    def _generation_prompt(cls, v: bool | None) -> bool | None:
+    def _generation_prompt(cls, v: Any) -> Any:
         if v is False:
             raise ValueError("the server always adds the assistant generation prompt; remove this field")
         return v

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 BASE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct"
 ENGINE_LOCK = os.environ.get("LORADOCK_ENGINE_LOCK", "/tmp/loradock-engine.lock")  # one engine at a time
 SYNTHETIC = ["syn-a", "syn-b"]
+FAULT_MARKER = "<<loradock-test-fault>>"  # a prompt with this text fails mid-generation (serve/faults.py)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -81,7 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, base_info) -> Server:
     env = {**os.environ, "LORADOCK_API_KEY": "test-key", "LORADOCK_ADMIN_KEY": "admin-key",
            "LORADOCK_ADAPTERS_DIR": str(store.root), "LORADOCK_RAG_DIR": str(root / "rag"),
            "LORADOCK_DB_URL": f"sqlite:///{root / 'loradock.db'}", "LORADOCK_STORE_POLL_SECONDS": "0.5",
-           "LORADOCK_MAX_CPU_LORAS": "8", "LORADOCK_MAX_LORAS": "4"}
+           "LORADOCK_MAX_CPU_LORAS": "8", "LORADOCK_MAX_LORAS": "4", "LORADOCK_TEST_FAULT_MARKER": FAULT_MARKER}
     log = root / "server.log"
     lock = open(ENGINE_LOCK, "w")  # noqa: SIM115 - held for the whole session
     deadline = time.monotonic() + 600

@@ -149,3 +149,19 @@ def test_serving_all_interfaces_needs_both_keys_or_insecure(monkeypatch):
     refuse_open_bind(Settings(host="0.0.0.0", api_key="k", admin_key="a"))
     monkeypatch.setenv("LORADOCK_INSECURE", "1")
     refuse_open_bind(Settings(host="0.0.0.0"))
+
+
+def test_keys_are_only_compared_in_constant_time():
+    import ast
+    import inspect
+
+    from loradock.serve import auth
+
+    tree = ast.parse(inspect.getsource(auth))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
+                {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+            assert not any(w in name.lower() for name in names for w in ("key", "token", "given", "secret", "admin", "bearer")), \
+                ast.unparse(node)
+    assert "compare_digest" in inspect.getsource(auth.matches)

@@ -154,7 +154,7 @@ def test_a_hundred_abandoned_streams_leak_no_slot_and_no_engine_request(env):
     assert engine.open == 0  # every engine request that started was closed (the fake records it as aborted)
     assert len(engine.aborted) == engine.started
     assert _metric(tc, "loradock_requests_running") == 0 and _metric(tc, "loradock_requests_waiting") == 0
-    assert _metric(tc, _requests("aborted")) == engine.started
+    assert _metric(tc, _requests("aborted")) == 100  # never iterated or cut short: each counted once
     # The capacity is all there: as many concurrent requests as before are admitted.
     r = tc.post("/v1/chat/completions", headers=H, json={**body, "stream": False, "max_tokens": 2})
     assert r.status_code == 200
@@ -169,3 +169,24 @@ def test_refused_request_never_takes_a_slot_or_reaches_the_engine(env):
         assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("application/json"), r.text
     assert engine.started == 0 and app.state.generation.admission.in_flight == 0
     assert _metric(tc, "loradock_requests_waiting") == 0
+
+
+def test_parameters_the_engine_refuses_are_400_before_admission_ends(env):
+    from loradock.serve.engine import ParamsRejected
+
+    tc, engine, app = env
+
+    def refuse(params):
+        if params.structured is not None:
+            raise ParamsRejected("Grammar error: Invalid type: nope")
+        if params.top_k == 7:
+            raise ParamsRejected("top_k must be 0 (disable), or at least 1, got 7.", "top_k")
+
+    engine.check = refuse
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}
+    for extra, param in (({"response_format": bad_schema}, "response_format"), ({"top_k": 7}, "top_k"),
+                         ({"response_format": bad_schema, "stream": True}, "response_format")):
+        r = tc.post("/v1/chat/completions", headers=H,
+                    json={"model": BASE, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert engine.started == 0 and app.state.generation.admission.in_flight == 0

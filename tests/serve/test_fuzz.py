@@ -54,7 +54,7 @@ def test_no_input_causes_a_server_error(fuzz_schema):
 
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case):
             response = case.call()
             seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
@@ -65,3 +65,24 @@ def test_no_input_causes_a_server_error(fuzz_schema):
         fuzz()
     # The fuzzer got past validation somewhere: not every answer was a 4xx.
     assert any(code == 200 for codes in seen.values() for code in codes), seen
+
+
+def test_stateful_link_chains_never_cause_a_server_error(fuzz_schema):
+    """schemathesis' stateful phase over the schema's OpenAPI links (serve/openapi.py): list models -> chat with
+    one, load/unload it, load it again; store feedback -> delete it."""
+    followed: set[str] = set()
+
+    class Chains(fuzz_schema.as_state_machine()):  # type: ignore[misc]
+        def step(self, input):
+            if input.transition is not None and input.is_applied:
+                followed.add(input.transition.id)
+            return super().step(input)
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
+
+    Chains.run(settings=settings(max_examples=30, stateful_step_count=6, deadline=None, database=None,
+                                 derandomize=True, suppress_health_check=list(HealthCheck)))
+    # Values really flowed along the links, from the model list into inference and adapter admin.
+    assert any("GET /v1/models" in t and "chat/completions" in t for t in followed), followed
+    assert any("load_lora_adapter" in t for t in followed), followed
