@@ -259,3 +259,22 @@ def measure(
     if stats.errors:
         log.warning("%d of %d requests failed; first: %s", stats.errors, stats.requests, stats.first_error)
     return stats
+
+
+def single_stream(url: str, model: str, max_tokens: int, api_key: str | None = None, requests: int = 3) -> dict:
+    """One stream at a time: decode tokens/s (tokens after the first over the time after the first) and the
+    inter-token latency p50 of the best of ``requests`` sequential requests."""
+    best: dict = {}
+    for _ in range(requests):
+        r = asyncio.run(run_load(url, [model], 1, max_tokens, api_key))[0]
+        if not r.ok or not r.itl:
+            return {"error": r.error or "no tokens streamed"}
+        stats = {
+            "decode_tok_s": round(len(r.itl) / sum(r.itl), 1),
+            "itl_p50_ms": round((percentile(r.itl, 50) or 0.0) * 1000, 2),
+            "ttft_ms": round((r.ttft or 0.0) * 1000, 1),
+            "tokens": r.tokens,
+        }
+        if not best or stats["decode_tok_s"] > best["decode_tok_s"]:
+            best = stats
+    return best

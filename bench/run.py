@@ -4,14 +4,17 @@ One run measures, side by side on this machine, and writes ``--json`` plus a PNG
 
 - ``base``, ``mixed`` (K adapters): the loradock server under test, interleaved ``--rounds`` times
   (each scenario keeps its best round, since other work may share the CPU);
-- ``vllm_server``: vLLM's own OpenAI server, stock LoRA ops, same adapters, settings and load;
-- ``naive_peft`` / ``peft_batched``: transformers + PEFT servers (one request at a time / one adapter's
-  requests batched together), same adapters and load;
+- ``single_stream``: one stream at a time, base and an adapter (decode tokens/s, inter-token latency p50);
 - ``cold_adapter``: TTFT of the first request to an adapter published moments before (not resident);
-- ``adapters_1`` / ``adapters_64``: the same load on one adapter, and rotating over 64 distinct ones.
+- ``adapters_1`` / ``adapters_64``: the same load on one adapter, and rotating over 64 distinct ones;
+- ``base_nolora``: a second loradock server, same settings, LoRA disabled (what LoRA support costs);
+- ``vllm_server``: stock vLLM's own OpenAI server at its defaults; ``vllm_server_plugin``: the same server
+  with loradock's kernels and engine arguments (both with the same adapters and capacity settings);
+- ``naive_peft`` / ``peft_batched``: transformers + PEFT servers (one request at a time / one adapter's
+  requests batched together).
 
-The baselines run one at a time while the loradock server idles; vLLM's server is a second engine next to
-it for a minute or two (about 2.5 GiB RSS each here; see docs/performance.md).
+The second servers run one at a time, each interleaved with the server under test (see
+:mod:`loradock.bench.scenarios`). Every adapter the run publishes is removed again on every exit path.
 """
 
 from __future__ import annotations
@@ -20,17 +23,22 @@ import json
 import logging
 import os
 import platform
-import time
-import uuid
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from loradock.bench import scenarios as sc
 from loradock.core.engine_args import engine_kwargs
 
 log = logging.getLogger(__name__)
+
+ALL_SCENARIOS = ("base", "mixed", "single_stream", "cold_adapter", "adapters_64", "base_nolora", "vllm_server",
+                 "vllm_server_plugin", "peft_batched", "naive_peft")
 
 
 @dataclass
@@ -55,6 +63,7 @@ class BenchConfig:
     json_path: Path
     chart_path: Path
     config: Path | None = None
+    single_tokens: int = 128
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -63,6 +72,7 @@ class BenchConfig:
             ("--max-tokens", self.max_tokens),
             ("--adapters", self.adapters),
             ("--rounds", self.rounds),
+            ("--single-tokens", self.single_tokens),
         ):
             if value <= 0:
                 raise ValueError(f"{flag} must be positive")
@@ -71,196 +81,84 @@ class BenchConfig:
             raise ValueError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(ALL_SCENARIOS)}")
 
 
-ALL_SCENARIOS = ("base", "mixed", "cold_adapter", "adapters_64", "vllm_server", "peft_batched", "naive_peft")
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit (like Ctrl-C raises KeyboardInterrupt), so cleanup in ``finally`` runs."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _models(url: str, api_key: str | None) -> list[dict]:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    r = httpx.get(f"{url}/v1/models", headers=headers, timeout=30)
-    r.raise_for_status()
-    return r.json()["data"]
-
-
-def wait_for_models(url: str, api_key: str | None, names: list[str], timeout_s: float = 60) -> None:
-    """Wait until the server lists every name (it picks up new store folders within a poll interval)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        missing = set(names) - {m["id"] for m in _models(url, api_key)}
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the server at {url} does not list {sorted(missing)[:5]} after {timeout_s:.0f} s: is "
-                "--adapters-dir the store that server watches?"
-            )
-        time.sleep(0.5)
-
-
-def _pick_adapters(cfg: BenchConfig, base: str, listed: list[dict]) -> tuple[list[str], list[str]]:
-    """(K adapter names for the mixed load, the synthetic ones this run created and must remove).
-
-    The served adapters found in the store come first; when there are fewer than K (``make demo`` ships four),
-    synthetic rank-8 ones top the set up for this run only. ``--make-adapters`` uses synthetic ones throughout
-    and keeps them.
-    """
+def _pick_adapters(cfg: BenchConfig, main: sc.Target, base: str, listed: list[dict],
+                   ledger: Any) -> list[str]:
+    """K adapter names for the mixed load: the served ones found in the store first; when there are fewer
+    than K (``make demo`` ships four), synthetic rank-8 ones top the set up for this run only (recorded in
+    ``ledger``). ``--make-adapters`` uses synthetic ones throughout and keeps them."""
     from loradock.bench.adapters import SYNTHETIC_PREFIX, make_bench_adapters
     from loradock.core.settings import load_settings
 
     settings = load_settings(cfg.config)
     if cfg.make_adapters:
         names = make_bench_adapters(cfg.adapters_dir, settings.base_model, cfg.adapters)
-        wait_for_models(cfg.server, cfg.api_key, names)
-        return names, []
+        sc.wait_for_models(main, names)
+        return names
     served = sorted(
         m["id"]
         for m in listed
-        if m.get("parent") == base
-        and (cfg.adapters_dir / m["id"]).is_dir()
+        if m.get("parent") == base and (cfg.adapters_dir / m["id"]).is_dir()
         and not m["id"].startswith(SYNTHETIC_PREFIX)
     )[: cfg.adapters]
     if len(served) == cfg.adapters:
-        return served, []
-    existing = {m["id"] for m in listed}
-    synthetic = make_bench_adapters(cfg.adapters_dir, settings.base_model, cfg.adapters - len(served))
-    created = [n for n in synthetic if n not in existing]
-    log.info(
-        "the server serves %d adapters from %s; topping up with synthetic %s",
-        len(served),
-        cfg.adapters_dir,
-        ", ".join(synthetic),
-    )
-    wait_for_models(cfg.server, cfg.api_key, synthetic)
-    return served + synthetic, created
-
-
-def _engine_settings(cfg: BenchConfig, base: str) -> Any:
-    """The server's settings, which the vLLM baseline's engine arguments are built from."""
-    from loradock.core.settings import load_settings
-
-    return load_settings(cfg.config, base_model_name=base)
-
-
-def _warm(url: str, models: list[str], api_key: str | None) -> None:
-    from loradock.bench.load import measure
-
-    measure(url, list(dict.fromkeys(models)), 8, 2, api_key)
-
-
-def _best_of(cfg: BenchConfig, pid: int | None, loads: dict[str, list[str]]) -> dict[str, dict]:
-    """Run the loads interleaved ``cfg.rounds`` times; keep each one's round with the best throughput."""
-    from loradock.bench.load import measure
-
-    best: dict[str, dict] = {}
-    for r in range(cfg.rounds):
-        for name, models in loads.items():
-            stats = measure(cfg.server, models, cfg.concurrency, cfg.max_tokens, cfg.api_key, pid).as_dict()
-            log.info("%s round %d: %.1f tokens/s", name, r + 1, stats["tokens_per_s"])
-            if name not in best or stats["tokens_per_s"] > best[name]["tokens_per_s"]:
-                best[name] = stats
-    return best
-
-
-def _cold(cfg: BenchConfig, source: str) -> dict:
-    """Publish fresh copies of ``source`` and time each one's first request (its hot load)."""
-    from loradock.bench.adapters import publish_copies, remove_adapters
-    from loradock.bench.load import measure, percentile
-
-    tag = uuid.uuid4().hex[:6]
-    names = [f"bench-cold-{tag}-{i}" for i in range(cfg.cold_samples)]
-    ttfts = []
-    try:
-        for name in names:
-            publish_copies(cfg.adapters_dir, source, [name])
-            wait_for_models(cfg.server, cfg.api_key, [name])
-            stats = measure(cfg.server, [name], 1, 8, cfg.api_key)
-            if stats.ttft_p50_ms is not None:
-                ttfts.append(stats.ttft_p50_ms)
-        warm = measure(cfg.server, [names[0]] * 3, 1, 8, cfg.api_key).ttft_p50_ms
-    finally:
-        remove_adapters(cfg.adapters_dir, names)
-    return {"samples_ms": ttfts, "ttft_p50_ms": percentile(ttfts, 50), "warm_ttft_p50_ms": warm}
-
-
-def _rotation(cfg: BenchConfig, source: str, pid: int | None) -> dict[str, dict]:
-    """The same load on one adapter, then rotating over ``cfg.rotation`` distinct copies."""
-    from loradock.bench.adapters import publish_copies, remove_adapters
-    from loradock.bench.load import measure
-
-    names = [f"bench-rot-{i:02d}" for i in range(cfg.rotation)]
-    n = max(cfg.requests, cfg.rotation)
-    try:
-        publish_copies(cfg.adapters_dir, source, names)
-        wait_for_models(cfg.server, cfg.api_key, names)
-        # Steady state: every adapter is loaded once first (that hot-load cost is what cold_adapter measures;
-        # the time of this first pass is kept as first_pass_s), then the same load runs on 1 and on 64.
-        started = time.monotonic()
-        _warm(cfg.server, names, cfg.api_key)
-        first_pass_s = round(time.monotonic() - started, 2)
-        one = measure(cfg.server, [names[0]] * n, cfg.concurrency, cfg.max_tokens, cfg.api_key, pid)
-        many = measure(
-            cfg.server, [names[i % len(names)] for i in range(n)], cfg.concurrency, cfg.max_tokens, cfg.api_key, pid
-        )
-    finally:
-        remove_adapters(cfg.adapters_dir, names)
-    return {"adapters_1": one.as_dict(), f"adapters_{cfg.rotation}": {**many.as_dict(), "first_pass_s": first_pass_s}}
-
-
-def _baseline(cfg: BenchConfig, kind: str, engine: Any, adapters: list[str], mixed: list[str]) -> dict:
-    from loradock.bench import baselines as bl
-    from loradock.bench.load import measure
-
-    dirs = {name: (cfg.adapters_dir / name).resolve() for name in adapters}
-    logs = cfg.json_path.parent / f"{cfg.json_path.stem}-logs"
-    if kind == "vllm_server":
-        server = bl.vllm_server(engine, dirs, logs / "vllm_server.log")
-        load = mixed
-    else:
-        server = bl.peft_server("naive" if kind == "naive_peft" else "batched", engine, dirs, logs / f"{kind}.log")
-        load = mixed[: cfg.naive_requests] if kind == "naive_peft" else mixed
-    with server as (url, pid):
-        _warm(url, adapters, None)
-        return measure(url, load, cfg.concurrency, cfg.max_tokens, None, pid).as_dict()
+        return served
+    synthetic = make_bench_adapters(cfg.adapters_dir, settings.base_model, cfg.adapters - len(served), ledger)
+    log.info("the server serves %d adapters from %s; topping up with synthetic %s", len(served), cfg.adapters_dir,
+             ", ".join(synthetic))
+    sc.wait_for_models(main, synthetic, timeout_s=30)
+    return served + synthetic
 
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the selected scenarios; return the result (also written to ``cfg.json_path`` with a chart)."""
-
+    from loradock.bench.adapters import Published, check_store
     from loradock.bench.load import server_pid
 
-    listed = _models(cfg.server, cfg.api_key)
+    main = sc.Target(cfg.server, cfg.api_key, cfg.server_pid or server_pid(cfg.server))
+    listed = sc.listed_models(main)
     base = next((m["id"] for m in listed if not m.get("parent")), None)
     if base is None:
         raise RuntimeError(f"{cfg.server}/v1/models lists no base model")
-    pid = cfg.server_pid or server_pid(cfg.server)
-    want = set(cfg.scenarios)
-    needs_adapters = want - {"base"}
-    adapters, created = _pick_adapters(cfg, base, listed) if needs_adapters else ([], [])
-    try:
-        return _run_scenarios(cfg, base, pid, want, adapters)
-    finally:
-        if created:
-            from loradock.bench.adapters import remove_adapters
+    ledger = Published(cfg.adapters_dir)
+    with _sigterm_unwinds():
+        try:
+            adapters: list[str] = []
+            if set(cfg.scenarios) - {"base", "base_nolora"}:
+                check_store(cfg.adapters_dir, [m["id"] for m in listed if m.get("parent")], cfg.server)
+                adapters = _pick_adapters(cfg, main, base, listed, ledger)
+            return _run_scenarios(cfg, main, base, adapters, ledger)
+        finally:
+            ledger.remove_all()
 
-            remove_adapters(cfg.adapters_dir, created)
 
-
-def _run_scenarios(cfg: BenchConfig, base: str, pid: int | None, want: set[str], adapters: list[str]) -> dict:
+def _setup(cfg: BenchConfig, main: sc.Target, base: str, adapters: list[str], engine: Any) -> dict[str, Any]:
     import psutil
 
-    from loradock.bench import report as bench_report
-    from loradock.bench.load import choose_models
-
-    mixed = choose_models(adapters, cfg.requests, cfg.popularity) if adapters else []
-    engine = _engine_settings(cfg, base)
-    result: dict[str, Any] = {
+    return {
         "setup": {
             **{k: v for k, v in asdict(cfg).items() if not isinstance(v, Path)},
             "adapters_dir": str(cfg.adapters_dir),
             "adapter_names": adapters,
             "base": base,
-            "server_pid": pid,
+            "server_pid": main.pid,
             "engine": {k: str(v) for k, v in engine_kwargs(engine).items()},
         },
         "machine": {
@@ -272,30 +170,75 @@ def _run_scenarios(cfg: BenchConfig, base: str, pid: int | None, want: set[str],
         },
         "scenarios": {},
     }
+
+
+def _run_scenarios(cfg: BenchConfig, main: sc.Target, base: str, adapters: list[str], ledger: Any) -> dict:
+    from loradock.bench import report as bench_report
+    from loradock.bench.load import choose_models
+    from loradock.core.settings import load_settings
+
+    want = set(cfg.scenarios)
+    mixed = choose_models(adapters, cfg.requests, cfg.popularity) if adapters else []
+    engine = load_settings(cfg.config, base_model_name=base)
+    result = _setup(cfg, main, base, adapters, engine)
     scenarios = result["scenarios"]
-    loads = {k: v for k, v in (("base", [base] * cfg.requests), ("mixed", mixed)) if k in want and v}
+    loads = {k: (main, v) for k, v in (("base", [base] * cfg.requests), ("mixed", mixed)) if k in want and v}
     if loads:
-        _warm(cfg.server, [base, *adapters], cfg.api_key)
-        scenarios.update(_best_of(cfg, pid, loads))
-    if "cold_adapter" in want:
-        scenarios["cold_adapter"] = _cold(cfg, adapters[0])
-    if "adapters_64" in want:
-        scenarios.update(_rotation(cfg, adapters[0], pid))
-    for kind in ("vllm_server", "peft_batched", "naive_peft"):
+        sc.warm(main, [base, *adapters])
+        scenarios.update(sc.best_of(cfg.rounds, loads, cfg.concurrency, cfg.max_tokens))
+    if "single_stream" in want:
+        streams = {"base": (main, base), **({"adapter": (main, adapters[0])} if adapters else {})}
+        scenarios["single_stream"] = sc.single_streams(max(cfg.rounds, 3), streams, cfg.single_tokens)
+    if "cold_adapter" in want and adapters:
+        scenarios["cold_adapter"] = sc.cold_adapter(main, ledger, adapters[0], cfg.cold_samples)
+    if "adapters_64" in want and adapters:
+        scenarios.update(sc.rotation(main, ledger, adapters[0], cfg.rotation, cfg.requests, cfg.concurrency,
+                                     cfg.max_tokens))
+    for kind in ("base_nolora", "vllm_server", "vllm_server_plugin", "peft_batched", "naive_peft"):
         if kind in want:
             try:
-                scenarios[kind] = _baseline(cfg, kind, engine, adapters, mixed)
+                scenarios[kind] = _baseline(cfg, kind, main, engine, base, adapters, mixed)
             except RuntimeError as e:  # a baseline that cannot start is reported, the rest still runs
                 log.error("%s: %s", kind, e)
                 scenarios[kind] = {"error": str(e)[:2000]}
-    if f"adapters_{cfg.rotation}" in scenarios and cfg.rotation != 64:
-        scenarios["adapters_64"] = scenarios.pop(f"adapters_{cfg.rotation}")
     result.update(bench_report.ratios(scenarios))
-    result["targets"] = bench_report.verdicts(bench_report.ratios(scenarios))
+    result["targets"] = bench_report.verdicts(result)
     cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
     cfg.json_path.write_text(json.dumps(result, indent=2) + "\n")
     bench_report.write_chart(result, cfg.chart_path)
     return result
+
+
+def _baseline(cfg: BenchConfig, kind: str, main: sc.Target, engine: Any, base: str, adapters: list[str],
+              mixed: list[str]) -> dict:
+    import tempfile
+
+    from loradock.bench import baselines as bl
+    from loradock.bench.load import measure
+
+    dirs = {name: (cfg.adapters_dir / name).resolve() for name in adapters}
+    logs = cfg.json_path.parent / f"{cfg.json_path.stem}-logs"
+    if kind in ("base_nolora", "vllm_server", "vllm_server_plugin"):
+        loads = {"base": ([base] * cfg.requests, [base] * cfg.requests)}
+        if kind == "base_nolora":
+            work = Path(tempfile.mkdtemp(prefix="loradock-bench-nolora-"))
+            server = bl.loradock_nolora({}, work, logs / "base_nolora.log")
+        else:
+            loads["mixed"] = (mixed, mixed)
+            server = (bl.vllm_server if kind == "vllm_server" else bl.vllm_server_plugin)(engine, dirs,
+                                                                                         logs / f"{kind}.log")
+        with server as (url, pid):
+            target = sc.Target(url, None, pid)
+            sc.warm(target, [base, *adapters] if kind != "base_nolora" else [base])
+            out: dict[str, Any] = sc.paired(cfg.rounds, kind, target, main, loads, cfg.concurrency, cfg.max_tokens)
+            streams = {kind: (target, base), "loradock": (main, base)}
+            out["single_stream"] = sc.single_streams(max(cfg.rounds, 3), streams, cfg.single_tokens)
+        return out
+    server = bl.peft_server("naive" if kind == "naive_peft" else "batched", engine, dirs, logs / f"{kind}.log")
+    load = mixed[: cfg.naive_requests] if kind == "naive_peft" else mixed
+    with server as (url, pid):
+        sc.warm(sc.Target(url), adapters)
+        return measure(url, load, cfg.concurrency, cfg.max_tokens, None, pid).as_dict()
 
 
 def bench_cmd(
@@ -305,14 +248,15 @@ def bench_cmd(
     concurrency: int = typer.Option(32, help="Requests in flight at once."),
     requests: int = typer.Option(64, help="Requests per scenario."),
     max_tokens: int = typer.Option(64, help="Output tokens per request (sent with ignore_eos)."),
+    single_tokens: int = typer.Option(128, help="Output tokens of each single_stream request."),
     adapters: int = typer.Option(8, help="Distinct adapters in the mixed load (K)."),
     popularity: str = typer.Option("uniform", help="How requests spread over the adapters: uniform | zipf."),
     adapters_dir: Path = typer.Option(Path("adapters"), help="The server's adapter store (copies go there)."),
     make_adapters: bool = typer.Option(False, help="Create K synthetic rank-8 adapters bench-NN in the store."),
     scenarios: str = typer.Option(",".join(ALL_SCENARIOS), help="Comma-separated scenarios to run."),
-    rounds: int = typer.Option(3, help="Interleaved rounds of base/mixed; each keeps its best."),
+    rounds: int = typer.Option(3, help="Interleaved rounds of each load; each keeps its best."),
     quick: bool = typer.Option(False, help="Smaller run (32 requests x 32 tokens, 2 rounds): under 10 minutes."),
-    config: Path = typer.Option(None, help="loradock YAML settings (engine settings for the vLLM baseline)."),
+    config: Path = typer.Option(None, help="loradock YAML settings (engine settings for the baselines)."),
     json_path: Path = typer.Option(Path("bench.json"), "--json", help="Where to write the results."),
     chart: Path = typer.Option(None, help="PNG chart path (default: next to --json)."),
 ) -> None:
@@ -339,16 +283,8 @@ def bench_cmd(
         json_path=json_path,
         chart_path=chart or json_path.with_suffix(".png"),
         config=config,
+        single_tokens=single_tokens,
     )
-    result = run_bench(cfg)
-    from rich.console import Console
-    from rich.table import Table
+    from loradock.bench.report import print_table
 
-    table = Table(title=f"loradock bench -> {json_path}")
-    for col in ("ratio", "value", "target", "verdict"):
-        table.add_column(col)
-    from loradock.bench.report import TARGETS
-
-    for key, (op, threshold) in TARGETS.items():
-        table.add_row(key, str(result.get(key)), f"{op} {threshold:g}", result["targets"][key])
-    Console().print(table)
+    print_table(run_bench(cfg), json_path)

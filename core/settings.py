@@ -30,17 +30,26 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="Engine dtype. float32 keeps greedy parity with PEFT on CPU.")
+        "auto", description="Engine dtype. auto: bfloat16 where the CPU has AVX-512 BF16 or AMX (vLLM's choice on "
+                            "a GPU), else float32. float32 keeps greedy output token-identical to PEFT in float32.")
     max_loras: int = Field(32, description="Adapters that can run in one batch (slots; ~20 MB each at rank 16 here).")
     max_cpu_loras: int = Field(64, description="Adapters resident in the engine before LRU eviction.")
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
     gpu_memory_utilization: float = Field(0.5, description="Fraction of device (NUMA node on CPU) memory.")
-    kv_cache_space_gib: int = Field(1, description="KV cache size on CPU, GiB (VLLM_CPU_KVCACHE_SPACE).")
+    kv_cache_space_gib: float | None = Field(
+        None, description="KV cache size on CPU, GiB. Default: max_num_seqs x kv_tokens_per_seq tokens (at least "
+                          "one max_model_len sequence).")
+    kv_tokens_per_seq: int = Field(256, description="Context a typical sequence uses (prompt + answer), to size "
+                                   "the CPU KV cache; longer ones still run (vLLM preempts when the cache is full).")
     max_model_len: int = Field(2048, description="Context length: prompt plus max_tokens.")
     max_num_seqs: int = Field(64, description="Sequences the engine schedules at once.")
     tensor_parallel_size: int = Field(1, description="Passed through to vLLM.")
     pipeline_parallel_size: int = Field(1, description="Passed through to vLLM.")
     enforce_eager: bool = Field(False, description="Disable compilation/graphs in vLLM.")
+    enable_lora: bool = Field(True, description="Serve adapters (false: the base only, for measuring what LoRA "
+                              "support costs).")
+    cpu_threads: int | None = Field(None, description="Torch threads of the CPU engine. Default: all cores but one "
+                                    "(left to the API process), at least 1.")
 
     pinned_adapters: list[str] = Field(default_factory=list, description="Adapters never evicted.")
     store_poll_seconds: float = Field(1.0, description="How often the server rescans the adapter store.")
@@ -77,11 +86,19 @@ class Settings(BaseSettings):
     ray_metrics_port: int = Field(0, description="`serve --replicas`: Ray's Prometheus metrics port (on "
                                                  "127.0.0.1; 0 = Ray picks one).")
 
-    @field_validator("max_lora_rank", "max_loras", "max_cpu_loras", "max_model_len", "max_tokens_cap")
+    @field_validator("max_lora_rank", "max_loras", "max_cpu_loras", "max_model_len", "max_tokens_cap",
+                     "kv_tokens_per_seq")
     @classmethod
     def _positive(cls, v: int, info: Any) -> int:
         if v <= 0:
             raise ValueError(f"LORADOCK_{info.field_name.upper()} must be positive")
+        return v
+
+    @field_validator("kv_cache_space_gib", "cpu_threads")
+    @classmethod
+    def _positive_or_auto(cls, v: float | None, info: Any) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"LORADOCK_{info.field_name.upper()} must be positive (or unset for the default)")
         return v
 
     @field_validator("gpu_memory_utilization")

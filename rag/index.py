@@ -257,8 +257,12 @@ class RagStore:
         return {**meta, "path": str(target), "seconds": round(time.perf_counter() - started, 2), "unchanged": False}
 
     def warm(self) -> None:
-        """Load the embedding model now, so the first retrieval does not pay for it."""
-        self._embedder()
+        """Load the embedding model now if a collection exists, so its first retrieval does not pay for it.
+
+        Without one the model (~0.2 GB with sentence-transformers) is loaded by the first index or retrieval.
+        """
+        if self.collections():
+            self._embedder()
 
     def info(self, collection: str) -> dict[str, Any]:
         """Metadata of an indexed collection."""
