@@ -101,7 +101,8 @@ def build_arena(client: ServerClient, models: gr.State, collection_default: str)
     with gr.Row():
         pool = gr.Dropdown(label="Contenders (empty: all)", choices=[], multiselect=True, scale=3,
                            elem_id="arena-pool")
-        system = gr.Textbox(label="System prompt of the Prompting contender", value=ARENA_SYSTEM, scale=2)
+        system = gr.Textbox(label="System prompt of the Prompting contender", value=ARENA_SYSTEM, scale=2,
+                            elem_id="arena-system")
     with gr.Row():
         collection = gr.Textbox(label="RAG collection (empty: no RAG contender)", value=collection_default)
         top_k = gr.Slider(1, 10, value=4, step=1, label="RAG top_k")

@@ -99,7 +99,7 @@ def build_data_tab(client: ServerClient, admin_key: gr.State, models: gr.State,
         annotator = gr.Textbox(label="Annotator")
         text = gr.Textbox(label="Text contains")
     with gr.Row():
-        prompt_set = gr.Textbox(label="Prompt set")
+        prompt_set = gr.Textbox(label="Prompt set", elem_id="data-prompt-set")
         since = gr.Textbox(label="Since (YYYY-MM-DD)")
         until = gr.Textbox(label="Until (YYYY-MM-DD)")
         blind = gr.Dropdown(list(BLIND), value=ALL, label="Blind votes")

@@ -28,14 +28,14 @@ from loradock.core.procs import free_port, running
 from tests.conftest import REPO
 from tests.ui.loop_prompts import LOOP_RECIPE, ROUND1, ROUND2
 
-pytestmark = [pytest.mark.browser, pytest.mark.engine, pytest.mark.train]
+pytestmark = [pytest.mark.browser, pytest.mark.engine]
 FAQ_DOCS = REPO / "data" / "faq_docs"
 # Screenshots go to a temp folder, so a test run leaves the checkout clean; set LORADOCK_SCREENSHOTS=docs/img
 # to refresh the ones docs/ui.md shows.
 SHOTS = Path(os.environ.get("LORADOCK_SCREENSHOTS") or tempfile.gettempdir() + "/loradock-ui-shots")
 QUESTION = "How long is the Zephyr-9 warranty?"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ARENA_SYSTEM = "Reply in one short sentence of at most ten words."
+ARENA_SYSTEM = "Answer in one short sentence."
 LOOP_ADAPTER = "loop-dpo"
 
 
@@ -111,10 +111,11 @@ def _pick(page, dropdown_id: str, *options: str, clear: bool = False) -> None:
     page.keyboard.press("Escape")
 
 
-def _unlock(page, key: str) -> str:
+def _unlock(page, key: str, expect: str) -> str:
+    """Type the key and press Unlock; wait for ``expect`` (each wait is on text the status did not show before)."""
     page.locator("#admin-key-input input").fill(key)
     page.locator("#admin-unlock").click()
-    return _wait_text(page, "#admin-status", r"unlocked|refused|Type")
+    return _wait_text(page, "#admin-status", expect)
 
 
 def test_chat_streams_an_answer(page) -> None:
@@ -136,17 +137,15 @@ def test_admin_actions_need_the_key_typed_in_the_page(page, server) -> None:
     # The UI runs with LORADOCK_ADMIN_KEY in its environment, and still refuses: no admin typed the key.
     page.locator("#adapters-unload").click()
     assert "admin action" in _wait_text(page, "#adapters-status", r"refused|removed")
-    assert "refused the key" in _unlock(page, "not-the-key")
-    page.locator("#adapters-unload").click()
-    assert "admin action" in _wait_text(page, "#adapters-status", r"refused|removed")
     assert "syn-a" in [m["id"] for m in httpx.get(f"{server.v1}/models", headers=server.headers()).json()["data"]]
+    assert "401" in _unlock(page, "not-the-key", "refused the key")  # the server checks what is typed
 
-    assert "unlocked" in _unlock(page, server.admin_key)
+    _unlock(page, server.admin_key, "unlocked")
     page.locator("#adapters-unload").click()
-    assert "'syn-a' removed" in _wait_text(page, "#adapters-status", r"removed|refused")
+    assert "'syn-a' removed" in _wait_text(page, "#adapters-status", r"removed")  # the last status said refused
     _wait_text(page, "#adapters-table", r"syn-a\s+\(store\)\s+not served", timeout_ms=20_000)
     page.locator("#adapters-load").click()
-    assert "'syn-a' added" in _wait_text(page, "#adapters-status", r"added|refused")
+    assert "'syn-a' added" in _wait_text(page, "#adapters-status", r"added|refused")  # the last said removed
     _wait_text(page, "#adapters-table", r"syn-a\s+SmolLM2-135M-Instruct")
     page.screenshot(path=str(SHOTS / "ui-adapters.png"), full_page=True)
 
@@ -212,7 +211,7 @@ def _arena_round(page, prompt: str) -> tuple[str, str, str]:
     page.locator(f"#arena-vote-{verdict}").click()
     assert "Stored" in _wait_text(page, "#arena-status", r"Stored|Not stored")
     revealed = page.locator("#arena-reveal").inner_text()
-    who = re.search(r"A was (.+?) · .* B was (.+?)(?: \(version \d+\))? · ", revealed)
+    who = re.search(r"A was (.+?)(?: \(version \d+\))? · .* B was (.+?)(?: \(version \d+\))? · ", revealed)
     assert who, revealed
     return verdict, who.group(1), who.group(2)
 
@@ -224,15 +223,16 @@ def _board(server, prompt_set: str) -> dict:
     return r.json()
 
 
+@pytest.mark.train
 def test_blind_votes_train_an_adapter_that_then_wins(page, server, tmp_path: Path) -> None:
     # --- round 1: the base as is against the base told to be brief, sides drawn at random
     page.get_by_role("tab", name="Compare").click()
     page.get_by_text("Blind arena (vote)", exact=True).click()
     _pick(page, "arena-pool", "Base", "Prompting", clear=True)
-    page.get_by_label("System prompt of the Prompting contender").fill(ARENA_SYSTEM)
-    _set_number(page, "arena-max-tokens", 40)
-    page.locator("#arena-annotator input").fill("scripted-shorter")
-    page.locator("#arena-prompt-set input").fill("round-1")
+    page.locator("#arena-system textarea").fill(ARENA_SYSTEM)
+    _set_number(page, "arena-max-tokens", 64)  # room for the base to ramble and the brief ones to finish
+    page.locator("#arena-annotator textarea").fill("scripted-shorter")
+    page.locator("#arena-prompt-set textarea").fill("round-1")
     sides = [_arena_round(page, q) for q in ROUND1]
     assert len(sides) >= 30 and {s[1] for s in sides} == {"Base", "Prompting"}, "both sides get shown first"
     won = [(s[1] if s[0] == "a" else s[2]) for s in sides if s[0] != "tie"]
@@ -240,32 +240,39 @@ def test_blind_votes_train_an_adapter_that_then_wins(page, server, tmp_path: Pat
     page.screenshot(path=str(SHOTS / "ui-compare.png"), full_page=True)
 
     # --- export and train from the Data tab: a subprocess that reads the votes over HTTP
+    _unlock(page, server.admin_key, "unlocked")
     page.get_by_role("tab", name="Data").click()
+    page.locator("#data-prompt-set textarea").fill("round-1")  # train on this round's votes only
     page.locator("#data-refresh").click()
-    _wait_text(page, "#data-quality", r"Data quality")
+    quality = _wait_text(page, "#data-quality", r"Data quality over [1-9]")
+    assert "0 contradictory" in quality
     recipe = tmp_path / "loop.yaml"
     recipe.write_text(LOOP_RECIPE)
-    page.locator("#train-name input").fill(LOOP_ADAPTER)
-    page.locator("#train-recipe input").fill(str(recipe))
+    page.locator("#train-name textarea").fill(LOOP_ADAPTER)
+    page.locator("#train-recipe textarea").fill(str(recipe))
     page.locator("#train-start").click()
     status = _wait_text(page, "#train-status", r"published|failed", timeout_ms=900_000)
     assert "published" in status, status
     assert re.search(r"[2-9]\d pairs exported", status), status
+    page.locator("#train-loss").scroll_into_view_if_needed()  # plots draw only once scrolled into view
+    page.wait_for_timeout(1500)  # let it draw before the screenshot (nothing is asserted on it)
     page.screenshot(path=str(SHOTS / "ui-data.png"), full_page=True)
 
     # --- round 2, on prompts it never trained on: the new adapter against the base, same rule
     page.get_by_role("tab", name="Compare").click()
     _pick(page, "arena-pool", "Base", f"Adapter: {LOOP_ADAPTER}", clear=True)
-    page.locator("#arena-prompt-set input").fill("round-2")
+    page.locator("#arena-prompt-set textarea").fill("round-2")
     sides = [_arena_round(page, q) for q in ROUND2]
     adapter = f"Adapter: {LOOP_ADAPTER}"
     wins = sum((s[1] if s[0] == "a" else s[2]) == adapter for s in sides if s[0] != "tie")
-    assert wins >= len(ROUND2) * 3 // 4, f"the adapter won {wins} of {len(ROUND2)} rounds: {sides}"
 
-    board = _board(server, "round-2")
+    board = _board(server, "round-2")  # the interval of the adapter's win rate over the base excludes 50%
     pair = next(p for p in board["pairs"] if {p["a"], p["b"]} == {"base", LOOP_ADAPTER})
     adapter_low = 1 - pair["upper"] if pair["a"] == "base" else pair["lower"]
-    assert pair["votes"] == len(ROUND2) and adapter_low > 0.5, pair
+    assert pair["votes"] == len(ROUND2) and adapter_low > 0.5, (wins, pair, sides)
+    ratings = {r["name"]: r for r in board["ratings"]}
+    assert ratings[LOOP_ADAPTER]["rating"] > ratings["base"]["rating"]
+    (SHOTS / "loop-leaderboard.json").write_text(json.dumps(_board(server, "") | {"round_2": board}, indent=1))
     page.get_by_role("tab", name="Leaderboard").click()
     page.locator("#board-refresh").click()
     _wait_text(page, "#board-ratings", LOOP_ADAPTER, timeout_ms=180_000)
