@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from loradock.ui.client import AdminKeyMissing, ServerClient, split_models
+from loradock.ui.plots import loss_figure
 
 COLUMNS = ["id", "parent", "version", "loaded", "pinned", "rank", "template", "created", "description"]
 
@@ -34,13 +35,10 @@ def models_frame(models: list[dict[str, Any]], seen: list[str] | None = None) ->
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def curve_frame(detail: dict[str, Any]) -> pd.DataFrame:
-    """The manifest's loss curves as line-plot rows."""
+def curves(detail: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """The manifest's loss curves (``[step, loss]`` points) by name."""
     metrics = detail.get("metrics") or {}
-    rows = [{"step": s, "loss": v, "curve": label} for key, label in (("train_loss", "train"),
-                                                                      ("val_loss", "validation"))
-            for s, v in metrics.get(key) or []]
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": float, "loss": float, "curve": str})
+    return {"train": metrics.get("train_loss") or [], "validation": metrics.get("val_loss") or []}
 
 
 def build_adapters_tab(client: ServerClient, models: gr.State, admin_key: gr.State) -> None:
@@ -59,8 +57,7 @@ def build_adapters_tab(client: ServerClient, models: gr.State, admin_key: gr.Sta
                 unload = gr.Button("Unload", elem_id="adapters-unload")
             status = gr.Markdown(elem_id="adapters-status")
         with gr.Column(scale=2):
-            curve = gr.LinePlot(x="step", y="loss", color="curve", title="Training loss", height=260,
-                                elem_id="adapters-curve")
+            curve = gr.Plot(label="Training loss", elem_id="adapters-curve")
             manifest = gr.JSON(label="Manifest (as the server reports it)")
 
     def show(name: str | None) -> tuple[Any, Any]:
@@ -70,7 +67,7 @@ def build_adapters_tab(client: ServerClient, models: gr.State, admin_key: gr.Sta
             detail = client.adapter(name)
         except RuntimeError as e:
             return None, {"error": str(e)}
-        return curve_frame(detail), detail
+        return loss_figure(curves(detail), f"{name} ({detail.get('method', '')})"), detail
 
     def on_models(listing: list[dict[str, Any]], current: str | None, known: list[str]) -> tuple[Any, ...]:
         names = sorted(set(split_models(listing or [])[1]) | set(known or []))

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from loradock.ui.client import ServerClient, split_models
+from loradock.ui.plots import loss_figure
 from loradock.ui.train_job import TrainJobs
 
 DEFAULT_NAME = "votes-dpo"
@@ -29,11 +29,9 @@ def publish_name(wanted: str, listing: list[dict[str, Any]]) -> tuple[str, bool]
     return f"{wanted}-{n}", False
 
 
-def loss_frame(status: dict[str, Any]) -> pd.DataFrame:
-    """Train and validation loss points for the line plot."""
-    rows = [{"step": s, "loss": v, "curve": "train"} for s, v in status["train_loss"]]
-    rows += [{"step": s, "loss": v, "curve": "validation"} for s, v in status["val_loss"]]
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": float, "loss": float, "curve": str})
+def loss_curves(status: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """Train and validation loss points of a job, for the plot."""
+    return {"train": status["train_loss"], "validation": status["val_loss"]}
 
 
 def status_markdown(status: dict[str, Any]) -> str:
@@ -68,7 +66,7 @@ def build_train_panel(client: ServerClient, jobs: TrainJobs, admin_key: gr.State
         max_steps = gr.Number(value=0, precision=0, label="Max steps (0: the recipe's)", elem_id="train-steps")
         start = gr.Button("Train DPO on these votes", variant="primary", elem_id="train-start")
     job_status = gr.Markdown(elem_id="train-status")
-    curve = gr.LinePlot(x="step", y="loss", color="curve", title="DPO loss", height=240, elem_id="train-loss")
+    curve = gr.Plot(label="DPO loss", elem_id="train-loss")
     job_id = gr.State(None)
     timer = gr.Timer(1.0, active=False)
 
@@ -94,7 +92,7 @@ def build_train_panel(client: ServerClient, jobs: TrainJobs, admin_key: gr.State
             return gr.update(), gr.update(), gr.Timer(active=False), gr.update()
         status = job.status()
         if status["running"]:
-            return status_markdown(status), loss_frame(status), gr.update(), gr.update()
+            return status_markdown(status), loss_figure(loss_curves(status), "DPO loss"), gr.update(), gr.update()
         fresh: Any = gr.update()
         if status["published"]:
             try:
@@ -103,7 +101,7 @@ def build_train_panel(client: ServerClient, jobs: TrainJobs, admin_key: gr.State
                     status["error"] = "published, but the server does not list it yet; press Refresh models"
             except RuntimeError as e:
                 status["error"] = str(e)
-        return status_markdown(status), loss_frame(status), gr.Timer(active=False), fresh
+        return status_markdown(status), loss_figure(loss_curves(status), "DPO loss"), gr.Timer(active=False), fresh
 
     start.click(on_start, [admin_key, name, recipe, max_steps, models, *quality_inputs, *filter_inputs],
                 [job_id, job_status, timer])

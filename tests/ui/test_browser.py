@@ -77,6 +77,8 @@ def page(request: pytest.FixtureRequest) -> Iterator[object]:
         page.set_default_timeout(90_000)
         page.goto(ui.url)
         _wait_text(page, "#server-status", "adapters")
+        # The model list reaches the dropdowns through a second event (models.change): wait for it too.
+        page.wait_for_function("() => (document.querySelector('#chat-model input')?.value ?? '') !== ''")
         SHOTS.mkdir(parents=True, exist_ok=True)
         yield page
         browser.close()

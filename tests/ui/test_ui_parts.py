@@ -9,14 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from loradock.core.feedback import FeedbackStore, PreferenceIn
-from loradock.ui.adapters_tab import curve_frame, models_frame
+from loradock.ui.adapters_tab import curves, models_frame
 from loradock.ui.arena import arena_record, contender, contender_labels, draw_pair, reveal
 from loradock.ui.cli import is_loopback, parse_auth
 from loradock.ui.compare_tab import MAX_ADAPTER_COLUMNS, passages_markdown, plan_sides, preference
 from loradock.ui.data_tab import filters, records_frame, win_rate_frame
 from loradock.ui.leaderboard_tab import clean_filters, pairs_frame, ratings_frame
+from loradock.ui.plots import loss_figure
 from loradock.ui.train_job import _filter_flags
-from loradock.ui.train_panel import loss_frame, publish_name
+from loradock.ui.train_panel import loss_curves, publish_name
 
 BASE = "SmolLM2-135M-Instruct"
 LISTING = [{"id": BASE, "parent": None}, {"id": "concise", "parent": BASE, "version": 3},
@@ -105,8 +106,9 @@ def test_models_table_flags_template_mismatch_and_shows_versions() -> None:
     assert rows["good"]["template"].endswith(" ok") and rows["drift"]["template"].endswith("MISMATCH")
     unloaded = models_frame([{"id": BASE, "parent": None}], seen=["gone"]).to_dict("records")[1]
     assert (unloaded["id"], unloaded["parent"], unloaded["loaded"]) == ("gone", "(store)", "not served")
-    curve = curve_frame({"metrics": {"train_loss": [[1, 0.7], [2, 0.5]], "val_loss": [[2, 0.6]]}})
-    assert list(curve["curve"]) == ["train", "train", "validation"]
+    figure = loss_figure(curves({"metrics": {"train_loss": [[1, 0.7], [2, 0.5]], "val_loss": [[2, 0.6]]}}), "x")
+    lines = figure.axes[0].lines
+    assert [ln.get_label() for ln in lines] == ["train", "validation"] and list(lines[0].get_ydata()) == [0.7, 0.5]
 
 
 def test_data_tables_from_the_servers_json(db_url: str) -> None:
@@ -149,8 +151,8 @@ def test_training_jobs_name_versions_and_flags() -> None:
     assert _filter_flags({"annotator": "ana", "blind": "true", "prompt_set": "p"},
                          {"drop_contradictory": False, "min_agreement": 0.5}) == [
         "--annotator", "ana", "--prompt-set", "p", "--blind", "--keep-contradictory", "--min-agreement", "0.5"]
-    frame = loss_frame({"train_loss": [[1, 0.69]], "val_loss": [[1, 0.6]]})
-    assert list(frame["curve"]) == ["train", "validation"]
+    assert loss_curves({"train_loss": [[1, 0.69]], "val_loss": [[1, 0.6]]}) == {"train": [[1, 0.69]],
+                                                                              "validation": [[1, 0.6]]}
 
 
 def test_ui_refuses_a_public_address_without_a_login() -> None:
