@@ -23,15 +23,20 @@ def gather_in(x: torch.Tensor, plan: SegmentPlan, dtype: torch.dtype) -> torch.T
     return xs.view(plan.num_slots, plan.max_len, -1) if plan.batched else xs
 
 
-def matmul(xs: torch.Tensor, w_t: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
-    """``xs @ w_t[slot]`` per slot, in the kernel layout; ``w_t`` is (slots, in, out)."""
+def select_slots(w_t: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """The plan's slots of stacked (slots, in, out) weights, in the plan's order (reads no other slot)."""
+    if plan.slot_select is None:
+        return w_t[plan.first_slot : plan.first_slot + plan.num_slots]
+    return w_t.index_select(0, plan.slot_select)
+
+
+def matmul(xs: torch.Tensor, w: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """``xs @ w[i]`` for the plan's i-th slot, in the kernel layout; ``w`` is (plan slots, in, out)."""
     if plan.batched:
-        if plan.slot_select is None:
-            return torch.bmm(xs, w_t[plan.first_slot : plan.first_slot + plan.num_slots])
-        return torch.bmm(xs, w_t.index_select(0, plan.slot_select))
-    out = torch.empty(xs.shape[0], w_t.shape[-1], dtype=xs.dtype)
-    for slot, start, end in plan.segments:
-        torch.matmul(xs[start:end], w_t[slot], out=out[start:end])
+        return torch.bmm(xs, w)
+    out = torch.empty(xs.shape[0], w.shape[-1], dtype=xs.dtype)
+    for i, (_, start, end) in enumerate(plan.segments):
+        torch.matmul(xs[start:end], w[i], out=out[start:end])
     return out
 
 
@@ -50,9 +55,15 @@ def slots_view(t: torch.Tensor) -> torch.Tensor:
     return t.squeeze(1) if t.dim() == 4 else t
 
 
-def live_slots(w: torch.Tensor) -> tuple[bool, ...]:
-    """Which slots of stacked weights hold any non-zero value."""
-    return tuple(w.reshape(w.shape[0], -1).ne(0).any(dim=1).tolist())
+def live_slots(w: torch.Tensor, candidates: list[int] | None = None) -> tuple[bool, ...]:
+    """Which slots of stacked weights hold any non-zero value; only ``candidates`` are read when given (the
+    other slots are known to be zero)."""
+    if candidates is None:
+        return tuple(w.reshape(w.shape[0], -1).ne(0).any(dim=1).tolist())
+    live = [False] * w.shape[0]
+    for slot in candidates:
+        live[slot] = bool(w[slot].ne(0).any())
+    return tuple(live)
 
 
 def _uses_live(plan: SegmentPlan, live: tuple[bool, ...]) -> bool:
@@ -68,7 +79,7 @@ def shrink(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, plan: SegmentPla
     if not _uses_live(plan, live):
         target.zero_()
         return
-    rows = gather_out(matmul(gather_in(x, plan, out.dtype), w_t.to(out.dtype), plan), plan)
+    rows = gather_out(matmul(gather_in(x, plan, out.dtype), select_slots(w_t, plan).to(out.dtype), plan), plan)
     target.copy_(rows * scale)
 
 
@@ -83,7 +94,8 @@ def expand(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, plan: SegmentPla
         if not add:
             target.zero_()
         return
-    rows = gather_out(matmul(gather_in(x, plan, out.dtype), w_t[..., :size].to(out.dtype), plan), plan)
+    w_sel = select_slots(w_t, plan)[..., :size].to(out.dtype)
+    rows = gather_out(matmul(gather_in(x, plan, out.dtype), w_sel, plan), plan)
     if add:
         target += rows.to(target.dtype)
     else:

@@ -2,9 +2,10 @@
 
 :func:`lora_linear` uses weights packed by :func:`pack`: zero slices and unused rank columns are dropped, so
 a q_proj/v_proj adapter costs nothing in o_proj or the MLP, and a rank-8 adapter in a rank-16 engine costs
-rank 8. Packed weights are float32 whatever the engine's dtype: on CPU a float32 matmul of these thin shapes
-is faster than a bfloat16 one (measured 1.5-3x per layer for decode-sized batches; bf16 ``bmm`` has a large
-fixed cost), and one copy instead of two keeps the memory of ``max_loras`` slots down.
+rank 8. Only slots with a non-zero delta in the layer get a packed row (``max_loras`` slots cost nothing
+until adapters use them). Packed weights are float32 whatever the engine's dtype: on CPU a float32 matmul
+of these thin shapes is faster than a bfloat16 one (measured here 6 vs 40 us for one row: bf16 matmuls
+have a large fixed cost), and one copy instead of two keeps the memory down.
 """
 
 from __future__ import annotations
@@ -19,13 +20,27 @@ from loradock.plugin.plan import SegmentPlan
 
 @dataclass(frozen=True)
 class PackedLoRA:
-    """All slices of one LoRA layer packed per slot: ``y[:, :width] += (x @ a_t[s]) @ b_t[s]``."""
+    """All slices of one LoRA layer packed per slot: ``y[:, :width] += (x @ a_t[r]) @ b_t[r]``,
+    ``r = row_of[slot]``; row 0 is all zero (the row of every slot without a delta here)."""
 
-    a_t: torch.Tensor  # (slots, in, cols) float32: the used rank columns of every slice side by side
-    b_t: torch.Tensor  # (slots, cols, width) float32: one block of rows per slice, at the slice's output offset
-    live: tuple[bool, ...]  # slot holds a non-zero delta for this layer
+    a_t: torch.Tensor  # (rows, in, cols) float32: the used rank columns of every slice side by side
+    b_t: torch.Tensor  # (rows, cols, width) float32: one block of rows per slice, at the slice's output offset
+    row_of: tuple[int, ...]  # packed row of each slot
     width: int
     ranks: tuple[int, ...]  # rank columns each slice got in the packed layout
+
+    @property
+    def live(self) -> tuple[bool, ...]:
+        """Slot holds a non-zero delta for this layer."""
+        return tuple(r > 0 for r in self.row_of)
+
+    def weights_for(self, plan: SegmentPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, b_t) rows of the plan's slots, in the plan's order (views when the rows are consecutive)."""
+        rows = [self.row_of[slot] for slot in plan.slots]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return self.a_t[rows[0] : rows[0] + len(rows)], self.b_t[rows[0] : rows[0] + len(rows)]
+        index = torch.tensor(rows)
+        return self.a_t.index_select(0, index), self.b_t.index_select(0, index)
 
 
 def _used_rank(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -39,61 +54,80 @@ def _live(a_t: torch.Tensor, b_t: torch.Tensor) -> list[bool]:
     return (a_t.flatten(1).ne(0).any(dim=1) & b_t.flatten(1).ne(0).any(dim=1)).tolist()
 
 
-def _fill(
-    a_t: torch.Tensor,
-    b_t: torch.Tensor,
-    idx: torch.Tensor | slice,
-    parts: list[tuple[torch.Tensor, torch.Tensor]],
-    output_slices: tuple[int, ...],
-    ranks: tuple[int, ...],
-) -> None:
-    """Write the slices' (a, b) weights of slots ``idx`` into the packed layout: each slice's first ``rank``
-    columns side by side in ``a_t``, and its block of ``b_t`` rows at the slice's output offset."""
+def _parts(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...],
+           slots: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each slice's (a, b) weights of ``slots`` only (reading no other slot)."""
+    idx = torch.tensor(slots, dtype=torch.long)
+    return [(slots_view(a).index_select(0, idx), slots_view(b).index_select(0, idx)[:, :size])
+            for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)]
+
+
+def _layout(parts: list[tuple[torch.Tensor, torch.Tensor]], output_slices: tuple[int, ...],
+            ranks: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slices' weights in the packed layout: each slice's first ``rank`` columns side by side in ``a_t``,
+    and its block of ``b_t`` rows at the slice's output offset."""
+    n, in_dim = parts[0][0].shape[0], parts[0][0].shape[-1]
+    a_t = torch.zeros(n, in_dim, sum(ranks), dtype=torch.float32)
+    b_t = torch.zeros(n, sum(ranks), sum(output_slices), dtype=torch.float32)
     col = offset = 0
     for (a, b), size, rank in zip(parts, output_slices, ranks, strict=True):
         if rank:
-            a_t[idx, :, col : col + rank] = a[:, :rank].transpose(1, 2).float()
-            b_t[idx, col : col + rank, offset : offset + size] = b[:, :, :rank].transpose(1, 2).float()
+            a_t[:, :, col : col + rank] = a[:, :rank].transpose(1, 2).float()
+            b_t[:, col : col + rank, offset : offset + size] = b[:, :, :rank].transpose(1, 2).float()
             col += rank
         offset += size
+    return a_t, b_t
 
 
-def pack(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
-         output_slices: tuple[int, ...]) -> PackedLoRA:
-    """Pack vLLM's stacked (slots, 1, r, in) / (slots, 1, out, r) slices of one layer, every slot."""
-    a0 = slots_view(lora_a[0])
-    slots, in_dim, width = a0.shape[0], a0.shape[-1], sum(output_slices)
-    parts = [(slots_view(a), slots_view(b)[:, :size]) for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)]
+def pack(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...],
+         candidates: list[int] | None = None) -> PackedLoRA:
+    """Pack vLLM's stacked (slots, 1, r, in) / (slots, 1, out, r) slices of one layer.
+
+    ``candidates`` are the slots that may hold weights (the others are known to be zero and are not read);
+    None reads every slot.
+    """
+    num_slots = slots_view(lora_a[0]).shape[0]
+    slots = list(range(num_slots)) if candidates is None else sorted(candidates)
+    in_dim, width = slots_view(lora_a[0]).shape[-1], sum(output_slices)
+    row_of = [0] * num_slots
+    if not slots:
+        zeros = torch.zeros(1, in_dim, 0), torch.zeros(1, 0, width)
+        return PackedLoRA(*zeros, tuple(row_of), width, (0,) * len(output_slices))
+    parts = _parts(lora_a, lora_b, output_slices, slots)
     ranks = tuple(_used_rank(a, b) for a, b in parts)
-    a_t = torch.zeros(slots, in_dim, sum(ranks), dtype=torch.float32)
-    b_t = torch.zeros(slots, sum(ranks), width, dtype=torch.float32)
-    _fill(a_t, b_t, slice(None), parts, output_slices, ranks)
-    return PackedLoRA(a_t, b_t, tuple(_live(a_t, b_t)), width, ranks)
+    a_c, b_c = _layout(parts, output_slices, ranks)
+    keep = [i for i, is_live in enumerate(_live(a_c, b_c)) if is_live]
+    for row, i in enumerate(keep, start=1):
+        row_of[slots[i]] = row
+    a_t = torch.cat([torch.zeros_like(a_c[:1]), a_c[keep]])
+    b_t = torch.cat([torch.zeros_like(b_c[:1]), b_c[keep]])
+    return PackedLoRA(a_t, b_t, tuple(row_of), width, ranks)
 
 
-def repack_slots(
-    packed: PackedLoRA,
-    lora_a: tuple[torch.Tensor, ...],
-    lora_b: tuple[torch.Tensor, ...],
-    output_slices: tuple[int, ...],
-    slots: list[int],
-) -> PackedLoRA | None:
-    """Update only ``slots`` of a packed layer in place; None when they need a wider layout (full repack)."""
-    idx = torch.tensor(slots, dtype=torch.long)
-    parts = [
-        (slots_view(a)[idx], slots_view(b)[idx][:, :size])
-        for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)
-    ]
+def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
+                 output_slices: tuple[int, ...], slots: list[int]) -> PackedLoRA | None:
+    """Update only ``slots`` of a packed layer (in place where they have a row); None when they need a wider
+    layout (then the caller packs from scratch)."""
+    parts = _parts(lora_a, lora_b, output_slices, slots)
     if any(_used_rank(a, b) > rank for (a, b), rank in zip(parts, packed.ranks, strict=True)):
         return None
-    a_t, b_t = packed.a_t, packed.b_t
-    a_t[idx] = 0
-    b_t[idx] = 0
-    _fill(a_t, b_t, idx, parts, output_slices, packed.ranks)
-    live = list(packed.live)
-    for slot, is_live in zip(slots, _live(a_t[idx], b_t[idx]), strict=True):
-        live[slot] = is_live
-    return PackedLoRA(a_t, b_t, tuple(live), packed.width, packed.ranks)
+    a_new, b_new = _layout(parts, output_slices, packed.ranks)
+    a_t, b_t, row_of = packed.a_t, packed.b_t, list(packed.row_of)
+    appended = []
+    for i, (slot, is_live) in enumerate(zip(slots, _live(a_new, b_new), strict=True)):
+        row = row_of[slot]
+        if is_live and row:
+            a_t[row], b_t[row] = a_new[i], b_new[i]
+        elif is_live:
+            appended.append(i)
+        elif row:  # the slot was emptied: its row stays (zero) until the next full pack
+            a_t[row], b_t[row] = 0, 0
+            row_of[slot] = 0
+    if appended:
+        for n, i in enumerate(appended):
+            row_of[slots[i]] = a_t.shape[0] + n
+        a_t, b_t = torch.cat([a_t, a_new[appended]]), torch.cat([b_t, b_new[appended]])
+    return PackedLoRA(a_t, b_t, tuple(row_of), packed.width, packed.ranks)
 
 
 def lora_linear(y: torch.Tensor, x: torch.Tensor, packed: PackedLoRA, scale: float, plan: SegmentPlan) -> None:
@@ -103,7 +137,14 @@ def lora_linear(y: torch.Tensor, x: torch.Tensor, packed: PackedLoRA, scale: flo
     """
     if not any(packed.live[slot] for slot in plan.slots):
         return
-    h = matmul(gather_in(x, plan, torch.float32), packed.a_t, plan)
+    a_t, b_t = packed.weights_for(plan)
+    if len(plan.segments) == 1 and plan.src_rows is None and plan.no_adapter is None:
+        h = torch.mm(x.float(), a_t[0])  # every row uses the same adapter (one stream, or one adapter's batch)
+        if scale != 1.0:
+            h.mul_(scale)
+        y[:, : packed.width] += torch.mm(h, b_t[0])
+        return
+    h = matmul(gather_in(x, plan, torch.float32), a_t, plan)
     if scale != 1.0:
         h.mul_(scale)
-    y[:, : packed.width] += gather_out(matmul(h, packed.b_t, plan), plan)
+    y[:, : packed.width] += gather_out(matmul(h, b_t, plan), plan)

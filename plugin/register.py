@@ -11,9 +11,11 @@ step's plan does not cover its rows:
 - ``add_lora_logits``, ``add_lora_embedding`` and the shrink/expand funnels (``_apply_shrink``,
   ``_apply_expand``) run the generic grouped ops of :mod:`loradock.plugin.ops`.
 
-vLLM's LoRA layers' ``set_lora`` / ``reset_lora`` also tell the wrapper's state which slot they rewrote, so
-loading one adapter repacks one slot. ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU
-wrapper is patched; GPU builds use their own Triton kernels and are unaffected.
+vLLM's LoRA layers are patched too (:func:`patch_lora_layers`): their stacked weights are allocated lazily
+(:mod:`loradock.plugin.slots`), their ``set_lora`` / ``reset_lora`` tell the wrapper's state which slot
+they rewrote (loading one adapter repacks one slot, and only written slots are ever read), and a
+``reset_lora`` of a slot nothing wrote is skipped. ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only
+the CPU wrapper is patched; GPU builds use their own Triton kernels and are unaffected.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from loradock.plugin import ops, packed
+from loradock.plugin import ops, packed, slots
 from loradock.plugin.state import LoRAState
 
 # vLLM configures handlers for its own logger tree only; a child of it shows up in the engine's log.
@@ -39,11 +41,15 @@ _PATCHED_ATTR = "_loradock_patched"
 _LOGGED_ATTR = "_loradock_logged"
 # Modules whose LoRA layer classes define set_lora / reset_lora (the linear ones carry the slot weights).
 LAYER_MODULES = (
+    "vllm.lora.layers.base",
     "vllm.lora.layers.base_linear",
     "vllm.lora.layers.column_parallel_linear",
     "vllm.lora.layers.row_parallel_linear",
     "vllm.lora.layers.replicated_linear",
+    "vllm.lora.layers.logits_processor",
+    "vllm.lora.layers.vocab_parallel_embedding",
 )
+_MARKS = "_loradock_marks"
 
 
 def ops_mode() -> str:
@@ -96,7 +102,7 @@ def patch_punica_wrapper(cls: Any) -> None:
         plan, x2, y2 = state.sampler_plan, _rows(x), _rows(y)
         if plan is None or not plan.fits(x2, y2):
             return orig["add_lora_logits"](self, y, x, lora_a_stacked, lora_b_stacked, scale, **kwargs)
-        live = tuple(a and b for a, b in zip(state.live(lora_a_stacked), state.live(lora_b_stacked), strict=True))
+        live = state.live(lora_a_stacked, lora_b_stacked)
         if any(live[slot] for slot in plan.slots):
             h = torch.empty(x2.shape[0], lora_b_stacked.shape[-1], dtype=torch.float32)
             ops.shrink(x2, lora_a_stacked, h, plan, scale, live)
@@ -136,28 +142,71 @@ def patch_punica_wrapper(cls: Any) -> None:
     setattr(cls, _PATCHED_ATTR, True)
 
 
+def _marks_writes(layer: Any) -> bool:
+    """Whether every write to this layer's slots goes through a marked ``set_lora`` / ``reset_lora``."""
+    return all(getattr(getattr(type(layer), name, None), _MARKS, False) for name in ("set_lora", "reset_lora"))
+
+
+def _layer_state(layer: Any) -> LoRAState | None:
+    wrapper = getattr(layer, "punica_wrapper", None)
+    if wrapper is None or getattr(layer, "lora_a_stacked", None) is None or not _marks_writes(layer):
+        return None
+    return state_of(wrapper)
+
+
+def _wrap(name: str, method: Any) -> Any:
+    """``method`` of a LoRA layer class, with the bookkeeping of :func:`patch_lora_layers` around it."""
+
+    @functools.wraps(method)
+    def create_lora_weights(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, *args, **kwargs)
+        if _marks_writes(self):
+            slots.make_lazy(self)
+            slots.release_freed_memory()
+        return out
+
+    @functools.wraps(method)
+    def set_mapping(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, *args, **kwargs)
+        state = _layer_state(self)
+        if state is not None:
+            state.track(self.lora_a_stacked, self.lora_b_stacked)
+        return out
+
+    @functools.wraps(method)
+    def set_lora(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, index, *args, **kwargs)
+        state = _layer_state(self)
+        if state is not None:
+            state.mark_set(self.lora_a_stacked, self.lora_b_stacked, index)
+        return out
+
+    @functools.wraps(method)
+    def reset_lora(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
+        state = _layer_state(self)
+        if state is not None and state.is_clean(self.lora_a_stacked, self.lora_b_stacked, index):
+            return None  # already zero: writing zeros would only make its pages resident
+        out = method(self, index, *args, **kwargs)
+        if state is not None:
+            state.mark_reset(self.lora_a_stacked, self.lora_b_stacked, index)
+        return out
+
+    wrapped = {"create_lora_weights": create_lora_weights, "set_mapping": set_mapping, "set_lora": set_lora,
+               "reset_lora": reset_lora}[name]
+    setattr(wrapped, _MARKS, True)
+    return wrapped
+
+
 def patch_lora_layers(layers_module: Any) -> None:
-    """Make every LoRA layer's ``set_lora`` / ``reset_lora`` tell its wrapper's state which slot it rewrote."""
-
-    def wrap(method: Any) -> Any:
-        @functools.wraps(method)
-        def marked(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
-            out = method(self, index, *args, **kwargs)
-            wrapper, weights = getattr(self, "punica_wrapper", None), getattr(self, "lora_a_stacked", None)
-            if wrapper is not None and weights is not None:
-                state_of(wrapper).mark_dirty(weights, index)
-            return out
-
-        marked._loradock_marks = True  # type: ignore[attr-defined]
-        return marked
-
+    """Wrap the LoRA layer classes of a vLLM module: lazy slot memory (``create_lora_weights``), tracking by
+    the wrapper's state (``set_mapping``), and marks of every slot write (``set_lora`` / ``reset_lora``)."""
     for obj in vars(layers_module).values():
-        if not isinstance(obj, type):
+        if not isinstance(obj, type) or obj.__module__ != layers_module.__name__:
             continue
-        for name in ("set_lora", "reset_lora"):
+        for name in ("create_lora_weights", "set_mapping", "set_lora", "reset_lora"):
             method = obj.__dict__.get(name)
-            if method is not None and not getattr(method, "_loradock_marks", False):
-                setattr(obj, name, wrap(method))
+            if method is not None and not getattr(method, _MARKS, False):
+                setattr(obj, name, _wrap(name, method))
 
 
 def register() -> None:

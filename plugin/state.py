@@ -2,11 +2,12 @@
 
 vLLM's punica wrapper (one per model runner) updates the step's row-to-slot mapping once per step, and its
 LoRA layers write adapter weights into their stacked tensors in place (``set_lora`` / ``reset_lora``).
-:class:`LoRAState` holds what is derived from both: the step's plans, and per layer the packed weights and
-which slots are live. Layers are keyed by the address of their first stacked tensor (stable: vLLM writes in
-place and keeps the tensors for the engine's life; the state holds a reference, so the address cannot be
-reused), and each cached value is checked against the tensors' version counters, so a write that no
-``set_lora`` announced is still seen.
+:class:`LoRAState` holds what is derived from both: the step's plans, per layer the packed weights and live
+slots, and which slots each layer's ``set_lora`` wrote since their last reset (the others are zero and are
+never read: see :mod:`loradock.plugin.slots`). Layers and tensors are keyed by the address of their
+(first) stacked tensor, stable because vLLM writes in place and keeps the tensors for the engine's life; the
+cached values hold references to those tensors, so an address cannot be reused. Each cached value is also
+checked against the tensors' version counters, so a write nobody announced is still seen.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _tensors(w: Weights) -> tuple[torch.Tensor, ...]:
 
 
 def layer_key(w: Weights) -> int:
-    """The cache key of a layer: the address of its first stacked weight tensor."""
+    """The cache key of a layer or tensor: the address of its first stacked weight tensor."""
     return int(_tensors(w)[0].data_ptr())
 
 
@@ -44,22 +45,51 @@ class _Entry:
 
 @dataclass
 class LoRAState:
-    """Per punica wrapper: this step's plans, and per layer the packed weights and live slots."""
+    """Per punica wrapper: this step's plans, per layer the packed weights, live and written slots."""
 
     token_plan: SegmentPlan | None = None  # rows = the step's tokens (linear, embedding, shrink/expand)
     sampler_plan: SegmentPlan | None = None  # rows = the tokens sampled this step (logits)
     _packed: dict[int, _Entry] = field(default_factory=dict)
-    _live: dict[int, _Entry] = field(default_factory=dict)
-    _dirty: dict[int, set[int]] = field(default_factory=dict)
+    _live: dict[tuple[int, ...], _Entry] = field(default_factory=dict)
+    _dirty: dict[int, set[int]] = field(default_factory=dict)  # slots rewritten since the layer was packed
+    _written: dict[int, set[int]] = field(default_factory=dict)  # per tracked tensor: slots set since reset
+    _tracked: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def update(self, token_indices: torch.Tensor, sampler_indices: torch.Tensor) -> None:
         """Group this step's rows by slot (vLLM calls this when the mapping changes, outside the forward)."""
         self.token_plan = plan_segments(token_indices)
         self.sampler_plan = plan_segments(sampler_indices)
 
-    def mark_dirty(self, lora_a: Weights, index: int) -> None:
-        """vLLM rewrote slot ``index`` of a layer: the next :meth:`packed` repacks that slot only."""
+    def track(self, *groups: Weights) -> None:
+        """Start tracking writes to these (all-zero) tensors: only slots ``set_lora`` writes are read later."""
+        for t in (t for g in groups for t in _tensors(g)):
+            self._tracked[layer_key(t)] = t
+            self._written.setdefault(layer_key(t), set())
+
+    def written(self, w: Weights) -> list[int] | None:
+        """Slots of this (first) tensor written since their last reset; None when it is not tracked."""
+        slots = self._written.get(layer_key(w))
+        return None if slots is None else sorted(slots)
+
+    def is_clean(self, lora_a: Weights, lora_b: Weights, index: int) -> bool:
+        """Whether slot ``index`` of a tracked layer is known to be all zero (nothing set it since its reset)."""
+        sets = [self._written.get(layer_key(t)) for t in (*_tensors(lora_a), *_tensors(lora_b))]
+        return all(slots is not None and index not in slots for slots in sets)
+
+    def mark_set(self, lora_a: Weights, lora_b: Weights, index: int) -> None:
+        """vLLM's ``set_lora`` wrote slot ``index`` of a layer."""
+        self._mark(lora_a, lora_b, index, written=True)
+
+    def mark_reset(self, lora_a: Weights, lora_b: Weights, index: int) -> None:
+        """vLLM's ``reset_lora`` zeroed slot ``index`` of a layer."""
+        self._mark(lora_a, lora_b, index, written=False)
+
+    def _mark(self, lora_a: Weights, lora_b: Weights, index: int, written: bool) -> None:
         self._dirty.setdefault(layer_key(lora_a), set()).add(int(index))
+        for t in (*_tensors(lora_a), *_tensors(lora_b)):
+            slots = self._written.get(layer_key(t))
+            if slots is not None:
+                (slots.add if written else slots.discard)(int(index))
 
     def packed(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
                output_slices: tuple[int, ...]) -> packed.PackedLoRA:
@@ -73,15 +103,33 @@ class LoRAState:
         if entry is not None and dirty:
             value = packed.repack_slots(entry.value, lora_a, lora_b, output_slices, sorted(dirty))
         if value is None:
-            value = packed.pack(lora_a, lora_b, output_slices)
+            value = packed.pack(lora_a, lora_b, output_slices, self._candidates(lora_a, lora_b, entry, dirty))
         self._packed[key] = _Entry((*lora_a, *lora_b), versions, value)
         return value
 
-    def live(self, w: torch.Tensor) -> tuple[bool, ...]:
-        """Which slots of one stacked tensor are non-zero (a q/v-only adapter has none in lm_head)."""
-        key, versions = layer_key(w), _versions(w)
+    def _candidates(self, lora_a: Weights, lora_b: Weights, entry: _Entry | None,
+                    dirty: set[int]) -> list[int] | None:
+        """Slots a full pack must read: the written ones of tracked tensors (None: all of them). A change no
+        ``set_lora`` announced (versions moved, nothing marked) makes every slot a candidate."""
+        if entry is not None and not dirty:
+            return None
+        found: set[int] = set()
+        for t in (*_tensors(lora_a), *_tensors(lora_b)):
+            slots = self.written(t)
+            if slots is None:
+                return None
+            found.update(slots)
+        return sorted(found)
+
+    def live(self, *groups: Weights) -> tuple[bool, ...]:
+        """Which slots hold a non-zero value in every one of these stacked tensors (a delta needs both a and
+        b); tracked tensors are read at their written slots only."""
+        tensors = tuple(t for g in groups for t in _tensors(g))
+        key, versions = tuple(layer_key(t) for t in tensors), _versions(tensors)
         entry = self._live.get(key)
         if entry is None or entry.versions != versions:
-            entry = _Entry((w,), versions, ops.live_slots(w))
+            per_tensor = [ops.live_slots(t, self.written(t)) for t in tensors]
+            value = tuple(all(flags) for flags in zip(*per_tensor, strict=True))
+            entry = _Entry(tensors, versions, value)
             self._live[key] = entry
         return entry.value

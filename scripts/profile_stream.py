@@ -25,51 +25,48 @@ from pathlib import Path
 
 from loradock.bench.load import percentile, run_load, server_pid
 
-# Engine-core categories, first match wins (frames are "function (file:line)", matched by substring).
+# Categories in priority order: a sample goes to the first category any frame of its stack matches (frames are
+# "function (file:line)", matched by substring); IDLE leaves (a thread waiting) go to the idle category first.
 ENGINE = [
     ("LoRA: loradock kernels", ("plugin/packed.py", "plugin/ops.py", "plugin/state.py")),
     ("LoRA: step plan", ("plugin/plan.py", "patch_punica_wrapper.<locals>.update_metadata")),
-    ("LoRA: vLLM layer wrappers", ("_apply_lora_to_output", "punica_wrapper", "lora/layers/")),
     ("lm_head (logits)", ("compute_logits",)),
-    ("model: attention", ("Attention.forward", "unified_attention", "attention/backends")),
-    ("model: matmuls", ("cpu_unquantized_gemm", "onednn_mm", "UnquantizedLinearMethod.apply")),
-    ("model: norms, rotary, activation", ("RMSNorm", "rms_norm", "rotary", "Rotary", "SiluAndMul", "silu")),
-    ("model: other", ("LlamaModel.forward", "LlamaDecoderLayer", "LlamaForCausalLM.forward")),
     ("sampler", ("sampler", "Sampler", "sample_tokens")),
+    ("model: matmuls", ("cpu_unquantized_gemm", "onednn_mm", "UnquantizedLinearMethod.apply")),
+    ("model: attention", ("Attention.forward", "unified_attention", "attention/backends")),
+    ("model: norms, rotary, activation", ("RMSNorm", "rms_norm", "rotary", "Rotary", "SiluAndMul", "silu")),
+    ("LoRA: vLLM layer wrappers", ("_apply_lora_to_output", "punica_wrapper", "lora/layers/")),
+    ("model: other", ("LlamaModel.forward", "LlamaDecoderLayer", "LlamaForCausalLM.forward")),
     ("input preparation", ("_prepare_inputs", "_update_states", "prepare_inputs", "_preprocess",
-                           "set_active_loras", "_set_active_loras")),
+                           "set_active_loras", "_set_active_loras", "lora_model_runner_mixin")),
     ("scheduler", ("scheduler.py", "Scheduler.")),
-    ("engine-core I/O", ("process_input_sockets", "process_output_sockets", "zmq", "msgspec", "serial_utils")),
-    ("waiting for work", ("sched_yield", "Condition.wait", "queue.py", "_process_input_queue")),
+    ("engine-core output and I/O", ("process_input_sockets", "process_output_sockets", "zmq", "msgspec",
+                                    "serial_utils", "EngineCoreOutputs", "put_nowait")),
 ]
 API = [
     ("API: detokenize + output processing", ("output_processor", "detokenizer", "OutputProcessor")),
-    ("API: loradock SSE + JSON", ("serve/generation.py", "serve/chat.py", "serve/engine.py", "json")),
-    ("API: HTTP (uvicorn, starlette)", ("uvicorn", "h11", "starlette", "anyio")),
+    ("API: loradock SSE + JSON", ("serve/generation.py", "serve/chat.py", "serve/engine.py")),
+    ("API: HTTP (uvicorn, starlette)", ("uvicorn/protocols", "h11", "starlette", "anyio")),
     ("API: engine client I/O", ("core_client", "zmq", "msgspec")),
-    ("API: event loop", ("asyncio",)),
 ]
+IDLE = ("Condition.wait", "queue.py", "Poller.poll", "select (", "poll (", "sched_yield", "Runner.run (")
 
 
-def categorize(raw: Path, rules: list[tuple[str, tuple[str, ...]]], other: str, root: str) -> collections.Counter:
-    """Samples per category from a py-spy ``--format raw --threads`` file, of the thread whose stacks contain
-    ``root`` (the engine's busy loop, the API's event loop): with ``--idle`` every tick is one sample of it,
-    so shares are shares of wall time. The deepest matching frame decides the category."""
-    threads: dict[str, list[tuple[list[str], int]]] = collections.defaultdict(list)
+def categorize(raw: Path, rules: list[tuple[str, tuple[str, ...]]], idle: str, other: str) -> collections.Counter:
+    """Samples per category of the main thread in a py-spy ``--format raw --threads --idle`` file: with
+    ``--idle`` every tick is one sample of that thread, so shares are shares of wall time."""
+    counts: collections.Counter = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         frames = stack.split(";")
-        threads[frames[0]].append((frames[1:], int(n)))
-    main = max(threads.values(), key=lambda rows: sum(n for frames, n in rows if any(root in f for f in frames)))
-    counts: collections.Counter = collections.Counter()
-    for frames, n in main:
-        label = other
-        for frame in reversed(frames):
-            hit = next((name for name, keys in rules if any(k in frame for k in keys)), None)
-            if hit:
-                label = hit
-                break
-        counts[label] += n
+        if "MainThread" not in frames[0]:
+            continue
+        frames = frames[1:]
+        if any(k in frames[-1] for k in IDLE):
+            label = idle
+        else:
+            label = next((name for name, keys in rules if any(k in f for f in frames for k in keys)), other)
+        counts[label] += int(n)
     return counts
 
 
@@ -88,7 +85,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--tokens", type=int, default=400)
-    ap.add_argument("--seconds", type=float, default=6.0, help="sampling window (inside the stream)")
+    ap.add_argument("--seconds", type=int, default=6, help="sampling window (inside the stream)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -107,21 +104,24 @@ def main() -> None:
     worker = threading.Thread(target=stream)
     worker.start()
     time.sleep(1.5)  # past the prefill
-    spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(args.seconds), "-r", "200", "-f", "raw",
+    spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(round(args.seconds)), "-r", "200", "-f", "raw",
                                "--nonblocking", "--idle", "--threads", "-o", str(out / f"{name}.txt")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for name, pid in (("api", api), ("engine", engine))]
     for p in spies:
-        p.wait()
+        _, err = p.communicate()
+        if p.returncode:
+            sys.exit(f"py-spy failed: {err.strip()[-500:]}")
     worker.join()
     run = result["run"]
     if not run.ok or not run.itl:
         sys.exit(f"the stream failed: {run.error}")
     itl_ms = (percentile(run.itl, 50) or 0.0) * 1000
     split = {}
-    for name, rules, other, root in (("engine", ENGINE, "engine: other", "run_busy_loop"),
-                                     ("api", API, "API: other", "run_until_complete")):
-        counts = categorize(out / f"{name}.txt", rules, other, root)
+    for name, rules, idle, other in (
+            ("engine", ENGINE, "engine: waiting for work", "engine: other"),
+            ("api", API, "API: idle (or inside uvloop's native loop)", "API: other")):
+        counts = categorize(out / f"{name}.txt", rules, idle, other)
         total = sum(counts.values()) or 1
         split[name] = {k: round(itl_ms * v / total, 2) for k, v in counts.most_common()}
     report = {"model": args.model, "itl_p50_ms": round(itl_ms, 2),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import types
 
 import pytest
 import torch
 from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.punica_wrapper import punica_cpu
 
-from loradock.plugin import ops, packed, plan
+from loradock.plugin import ops, packed, plan, slots
 from loradock.plugin import register as lora_ops
 from loradock.plugin.state import LoRAState
 
@@ -215,41 +216,104 @@ def test_incremental_repack_of_rewritten_slots_equals_a_full_pack() -> None:
             if i in on:
                 a[i][slot, 0, :rank] = weights((rank, d_in), dtype, gen)
                 b[i][slot, 0, :, :rank] = weights((slices[i], rank), dtype, gen)
-        state.mark_dirty(a, slot)
+        state.mark_set(a, b, slot)
 
     def same(got: packed.PackedLoRA, want: packed.PackedLoRA) -> None:
         """Same live slots and the same per-slot delta (the layouts may differ: in place keeps the wider one)."""
         assert got.live == want.live
-        torch.testing.assert_close(torch.bmm(got.a_t, got.b_t), torch.bmm(want.a_t, want.b_t))
+        for slot in range(slots):
+            delta = [p.a_t[p.row_of[slot]] @ p.b_t[p.row_of[slot]] for p in (got, want)]
+            torch.testing.assert_close(delta[0], delta[1])
 
     set_slot(0, 8, (0, 2))
     first = state.packed(a, b, slices)
     set_slot(5, 4, (0, 2))  # a smaller adapter into a free slot: repacked in place
     second = state.packed(a, b, slices)
-    assert second.a_t is first.a_t, "a slot that fits the layout is repacked in place"
+    assert second.ranks == first.ranks and second.row_of[0] == first.row_of[0], "repacked, not packed again"
     same(second, _full_pack(a, b, slices))
     set_slot(0, 0, ())  # vLLM's reset_lora: the slot goes back to zero and is no longer live
     same(state.packed(a, b, slices), _full_pack(a, b, slices))
     set_slot(3, 16, (1,))  # wider than the layout (a new slice, a higher rank): a full repack
     wider = state.packed(a, b, slices)
-    assert wider.a_t is not first.a_t
+    assert wider.ranks != first.ranks
     same(wider, _full_pack(a, b, slices))
 
 
-def test_vllm_layers_mark_the_slot_they_rewrite() -> None:
-    """The plugin wraps vLLM's set_lora/reset_lora so the wrapper's state learns which slot changed."""
+def _layer(slots: int = 4, rows: int = 2, cols: int = 3) -> object:
+    """A vLLM linear LoRA layer with its stacked weights and a punica wrapper, without a model around it."""
     from vllm.lora.layers import base_linear
 
     for module in lora_ops.LAYER_MODULES:
         lora_ops.patch_lora_layers(importlib.import_module(module))
     layer = object.__new__(base_linear.BaseLinearLayerWithLoRA)
-    layer.n_slices = 1
-    layer.lora_a_stacked = (torch.ones(4, 1, 2, 3),)
-    layer.lora_b_stacked = (torch.ones(4, 1, 3, 2),)
-    layer.punica_wrapper = punica_cpu.PunicaWrapperCPU(8, 8, "cpu")
-    layer.reset_lora(2)
+    layer.n_slices, layer.tp_size = 1, 1
+    layer.lora_a_stacked = (torch.zeros(slots, 1, rows, cols),)
+    layer.lora_b_stacked = (torch.zeros(slots, 1, cols, rows),)
+    return layer
+
+
+def test_vllm_layers_mark_the_slot_they_rewrite() -> None:
+    """The plugin wraps vLLM's set_lora/reset_lora so the wrapper's state learns which slot changed."""
+    layer = _layer()
+    layer.set_mapping(punica_cpu.PunicaWrapperCPU(8, 8, "cpu"))
     state = lora_ops.state_of(layer.punica_wrapper)
-    assert state._dirty == {layer.lora_a_stacked[0].data_ptr(): {2}}
-    assert not layer.lora_a_stacked[0][2].any() and layer.lora_a_stacked[0][1].all()
+    key = layer.lora_a_stacked[0].data_ptr()
+    layer.set_lora(2, torch.ones(2, 3), torch.ones(3, 2))
+    assert state._dirty == {key: {2}} and state.written(layer.lora_a_stacked) == [2]
+    assert ops.live_slots(layer.lora_a_stacked[0]) == (False, False, True, False)
+    layer.reset_lora(2)
+    assert state.written(layer.lora_a_stacked) == [] and not layer.lora_a_stacked[0].any()
     assert not hasattr(layer.lora_a_stacked[0], "_loradock_dirty"), "no cache lives on vLLM's tensors"
-    assert ops.live_slots(layer.lora_a_stacked[0]) == (True, True, False, True)
+
+
+def test_reset_of_a_clean_slot_writes_nothing() -> None:
+    """vLLM resets a slot before every load and for every module an adapter lacks; untouched zero pages stay
+    unallocated only if those resets do not write them."""
+    layer = _layer()
+    layer.set_mapping(punica_cpu.PunicaWrapperCPU(8, 8, "cpu"))
+    before = layer.lora_a_stacked[0]._version
+    layer.reset_lora(1)
+    assert layer.lora_a_stacked[0]._version == before, "a clean slot is not written"
+    layer.set_lora(1, torch.ones(2, 3), torch.ones(3, 2))
+    layer.reset_lora(1)
+    assert not layer.lora_a_stacked[0].any() and layer.lora_a_stacked[0]._version > before
+
+
+def test_stacked_weights_cost_no_memory_until_written() -> None:
+    import psutil
+
+    layer = _layer(slots=32, rows=16, cols=2**17)  # 2 x 256 MiB of float32 slots
+    rss = psutil.Process().memory_info().rss
+    slots.make_lazy(layer)
+    slots.release_freed_memory()
+    grew = psutil.Process().memory_info().rss - rss
+    assert layer.lora_a_stacked[0].shape == (32, 1, 16, 2**17) and layer.lora_a_stacked[0].dtype == torch.float32
+    layer.lora_a_stacked[0][3, 0, :2].fill_(1.0)
+    assert grew < 64 * 2**20, f"lazy slots took {grew / 2**20:.0f} MiB"
+    assert layer.lora_a_stacked[0][3].sum() == 2 * 2**17 and layer.lora_b_stacked[0][5].abs().sum() == 0
+
+
+def test_views_of_swapped_weights_follow_them() -> None:
+    """vLLM's embedding layer keeps a 2-D view of its stacked weights; the swap rebuilds it over the new ones."""
+    layer = types.SimpleNamespace(lora_a_stacked=torch.zeros(4, 6, 2), lora_b_stacked=torch.zeros(4, 1, 3, 2))
+    layer.lora_a_stacked_2d = layer.lora_a_stacked.view(24, 2)
+    slots.make_lazy(layer)
+    layer.lora_a_stacked[1, 2] = 5.0
+    assert layer.lora_a_stacked_2d[8].tolist() == [5.0, 5.0]
+
+
+def test_packing_reads_only_written_slots() -> None:
+    """Garbage in a slot nothing wrote (a zero page in real use) is never read: the pack equals one of clean
+    weights."""
+    gen = torch.Generator().manual_seed(3)
+    a, b = (torch.zeros(4, 1, 8, 16),), (torch.zeros(4, 1, 16, 8),)
+    state = LoRAState()
+    state.track(a, b)
+    a[0][1, 0, :4] = torch.randn(4, 16, generator=gen)
+    b[0][1, 0, :, :4] = torch.randn(16, 4, generator=gen)
+    state.mark_set(a, b, 1)
+    clean = packed.pack(tuple(t.clone() for t in a), tuple(t.clone() for t in b), (16,))
+    a[0][3].fill_(float("nan"))  # unannounced garbage in an unwritten slot
+    got = state.packed(a, b, (16,))
+    assert got.live == clean.live == (False, True, False, False)
+    torch.testing.assert_close(got.a_t[got.row_of[1]], clean.a_t[clean.row_of[1]])
