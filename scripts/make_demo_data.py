@@ -2,14 +2,16 @@
 
     .venv/bin/python scripts/make_demo_data.py                # reuse data/base_answers.jsonl
     .venv/bin/python scripts/make_demo_data.py --base-answers-from http://127.0.0.1:8000  # re-ask the server
+    .venv/bin/python scripts/make_demo_data.py --concise-answers-from http://127.0.0.1:8000  # DPO rejects
 
-Two datasets use the base model's own answers (data/base_answers.jsonl, asked once at temperature 0 of the
-served base): the replay rows of new_fact.jsonl and the rejected side of concise_dpo_train.jsonl.
+Two datasets use the base model's own answers, asked once of the served base: the replay rows of
+new_fact.jsonl (data/base_answers.jsonl, temperature 0) and the rejected side of concise_dpo_train.jsonl
+(data/concise_base_answers.jsonl: the greedy answer and sampled ones to every concise training prompt).
 
 Datasets:
   json_answer_{train,eval}.jsonl  behaviour: answer only with {"answer": ...}            (SFT)
   pirate_{train,eval}.jsonl       style: pirate speak                                     (SFT)
-  concise_dpo_{train,eval}.jsonl  preference: one sentence over the base's own long answer (DPO)
+  concise_dpo_{train,eval}.jsonl  preference: one short sentence over the base's own long answers (DPO)
   faq_{train,eval}.jsonl          facts about the fictional Zephyr-9 (docs: data/faq_docs/) (RAG vs SFT)
   new_fact.jsonl, new_fact_eval.jsonl   one new fact + base replay; paraphrased held-out questions
   general_questions.jsonl         the forgetting check of `loradock eval`
@@ -34,7 +36,10 @@ JSON_SYSTEM = 'Reply with only a JSON object of the form {"answer": "..."} and n
 PIRATE_SYSTEM = "Talk like a pirate in every answer."
 PIRATE_MARKERS = ["matey", "ahoy", "arr!", "arr,", "yo ho", "savvy", "me hearty"]
 CONCISE_SYSTEM = "Answer in one short sentence."
+# The concise rule (eval: a right answer in at most this many words); rejects: the greedy + sampled answers.
+CONCISE_MAX_WORDS, CONCISE_SAMPLES, CONCISE_TEMPERATURE, CONCISE_TOKENS = 25, 2, 0.8, 160
 N_REPLAY_ASKED, N_REPLAY, BASE_TOKENS, MIN_EXTRA_WORDS = 72, 48, 200, 8
+CONCISE_KEPT_OUT = {"What is a rainbow?"}  # near-copy of a held-out CONCISE_EVAL prompt
 PIRATE_WORDS = {
     "is": "be",
     "are": "be",
@@ -102,25 +107,6 @@ def pirate(sentence: str, rng: random.Random) -> str:
     return rng.choice(PIRATE_OPENERS) + body + rng.choice(PIRATE_CLOSERS)
 
 
-def rambling(item: dict[str, str], rng: random.Random) -> str:
-    """A padded, hedging answer: the rejected side of the concise preference pairs."""
-    lead = rng.choice(
-        [
-            "That is a great question, and there is quite a lot that could be said about it.",
-            "Thank you for asking! Let me think about this carefully before I answer.",
-            "There are many ways to look at this, so let me explain in some detail.",
-        ]
-    )
-    tail = rng.choice(
-        [
-            "I hope this helps, and please let me know if you have any other questions about this topic!",
-            "Of course, there is much more to learn, so feel free to ask follow-up questions at any time.",
-            "Many people find this interesting, and it is worth reading more about it if you have time.",
-        ]
-    )
-    return f"{lead} {item['sentence']} {tail}"
-
-
 def user(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
@@ -165,9 +151,114 @@ def base_answers(questions: list[str], server: str | None) -> dict[str, str | No
     return answers
 
 
+def last_full_sentence(text: str) -> str:
+    """Text cut after its last complete sentence (an answer stopped by max_tokens ends mid-sentence)."""
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[: ends[-1]].strip() if ends else text.strip()
+
+
+def ask_base_samples(questions: list[str], server: str) -> dict[str, list[str]]:
+    """The served base's greedy answer and CONCISE_SAMPLES seeded samples to each question, distinct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    client = openai.OpenAI(base_url=server.rstrip("/") + "/v1", api_key="none", timeout=600)
+    base = next(m.id for m in client.models.list().data if getattr(m, "parent", None) is None)
+
+    def one(job: tuple[str, int]) -> str:
+        q, k = job
+        sampling = {"temperature": CONCISE_TEMPERATURE, "top_p": 0.95, "seed": SEED + k} if k else {"temperature": 0}
+        r = client.chat.completions.create(model=base, messages=user(q), max_tokens=CONCISE_TOKENS, **sampling)
+        text = r.choices[0].message.content or ""
+        return text.strip() if r.choices[0].finish_reason == "stop" else last_full_sentence(text)
+
+    jobs = [(q, k) for q in questions for k in range(CONCISE_SAMPLES + 1)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        texts = list(pool.map(one, jobs))
+    answers: dict[str, list[str]] = {q: [] for q in questions}
+    for (q, _), text in zip(jobs, texts, strict=True):
+        if text and text not in answers[q]:
+            answers[q].append(text)
+    return answers
+
+
+def concise_answers(questions: list[str], server: str | None) -> dict[str, list[str]]:
+    """The base's own answers to the concise prompts: data/concise_base_answers.jsonl, or asked afresh."""
+    path = DATA / "concise_base_answers.jsonl"
+    if server is None:
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing; pass --concise-answers-from URL of a running loradock server")
+        known = {r["question"]: r["answers"] for r in map(json.loads, path.read_text().splitlines())}
+        return {q: known.get(q, []) for q in questions}
+    answers = ask_base_samples(sorted(set(questions)), server)
+    write("concise_base_answers.jsonl", [{"question": q, "answers": a} for q, a in sorted(answers.items())])
+    return answers
+
+
+def concise_items(train: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Training prompts of the concise preference: the bank's training split plus the open CONCISE_TRAIN."""
+    extra = [{"question": q, "short": s, "sentence": s} for q, s in bank.CONCISE_TRAIN]
+    return [i for i in train if i["question"] not in CONCISE_KEPT_OUT] + extra
+
+
+def past_one_sentence(text: str, min_words: int) -> str | None:
+    """The answer cut at the first sentence end with at least min_words words (None when it is shorter):
+    the base going on past where a concise answer stops, without the rest of its ramble."""
+    for end in re.finditer(r"(?<!\d)[.!?](?=\s|$)", text):
+        cut = text[: end.end()].strip()
+        if len(cut.split()) >= min_words:
+            return cut
+    return None
+
+
+def concise_pairs(items: list[dict[str, str]], answers: dict[str, list[str]]) -> list[dict]:
+    """Chosen = the one-sentence answer; rejected = each distinct way the base itself goes on past one sentence.
+    Prompts the base already answers briefly give no pair (there is nothing to move away from)."""
+    rows = []
+    for item in items:
+        limit = len(item["sentence"].split()) + MIN_EXTRA_WORDS
+        cuts = [past_one_sentence(own, limit) for own in answers.get(item["question"], [])]
+        for own in dict.fromkeys(c for c in cuts if c):
+            rows.append(
+                {
+                    "prompt": user(item["question"]),
+                    "chosen": [{"role": "assistant", "content": item["sentence"]}],
+                    "rejected": [{"role": "assistant", "content": own}],
+                }
+            )
+    return rows
+
+
+def answer_keys(item: dict[str, str]) -> list[str]:
+    """Strings any right answer contains: the short answer without "The", its number word, or OPEN's keywords."""
+    if item["question"] in bank.OPEN_KEYWORDS:
+        return bank.OPEN_KEYWORDS[item["question"]]
+    short = re.sub(r"^the ", "", item["short"], flags=re.IGNORECASE)
+    return [short, bank.NUMBER_WORDS[short]] if short in bank.NUMBER_WORDS else [short]
+
+
+def concise_eval(held_out: list[dict[str, str]]) -> list[dict]:
+    """Held-out rows: the bank's held-out split (facts and open questions) and the open CONCISE_EVAL prompts."""
+    keyed = [(i["question"], answer_keys(i)) for i in held_out] + bank.CONCISE_EVAL
+    return [
+        {
+            "messages": user(q),
+            "metric": "contains",
+            "expected": keys,
+            "max_words": CONCISE_MAX_WORDS,
+            "system": CONCISE_SYSTEM,
+        }
+        for q, keys in keyed
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-answers-from", metavar="URL", help="Re-ask the base on this running server.")
+    parser.add_argument(
+        "--concise-answers-from", metavar="URL", help="Re-ask the base for the concise DPO rejects on this server."
+    )
     args = parser.parse_args()
     rng = random.Random(SEED)
     items = bank_items(rng)
@@ -190,40 +281,14 @@ def main() -> None:
             for i in held_out
         ],
     )
-    # Rejected = what the base really says when it says more than one sentence: the preference then moves
-    # the model away from its own habit (on-policy), not from a padding style it never uses.
     replay_qs = [i["question"] for i in random.Random(SEED + 1).sample(items, N_REPLAY_ASKED)]
     answers = base_answers([i["question"] for i in train] + replay_qs, args.base_answers_from)
-
-    def rejected(item: dict[str, str]) -> str:
-        own = answers.get(item["question"])
-        long_enough = own and len(own.split()) >= len(item["sentence"].split()) + MIN_EXTRA_WORDS
-        return own if long_enough else rambling(item, rng)
-
-    write(
-        "concise_dpo_train.jsonl",
-        [
-            {
-                "prompt": user(i["question"]),
-                "chosen": [{"role": "assistant", "content": i["sentence"]}],
-                "rejected": [{"role": "assistant", "content": rejected(i)}],
-            }
-            for i in train
-        ],
-    )
-    write(
-        "concise_dpo_eval.jsonl",
-        [
-            {
-                "messages": user(i["question"]),
-                "metric": "contains",
-                "expected": [i["short"]],
-                "max_words": 25,
-                "system": CONCISE_SYSTEM,
-            }
-            for i in held_out
-        ],
-    )
+    # Rejected = what the base really says (greedy and sampled): the preference then moves the model away from
+    # its own habit (on-policy), not from a padding style it never uses.
+    concise = concise_items(train)
+    own = concise_answers([i["question"] for i in concise], args.concise_answers_from)
+    write("concise_dpo_train.jsonl", concise_pairs(concise, own))
+    write("concise_dpo_eval.jsonl", concise_eval(held_out))
     write("faq_train.jsonl", [sft(q, a) for q, a, _, _ in bank.FAQ])
     write(
         "faq_eval.jsonl",
