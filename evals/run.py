@@ -95,6 +95,7 @@ def evaluate_all(
                 "passed": r.passed,
                 "total": r.total,
                 "score": round(r.score, 4),
+                "median_words": r.median_words,
                 "skipped": r.skipped,
             }
             for r in results

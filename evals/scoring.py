@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,11 @@ class ApproachResult:
     @property
     def score(self) -> float:
         return self.passed / self.total if self.total else 0.0
+
+    @property
+    def median_words(self) -> float | None:
+        """Median length of the answers in words (what a length preference such as `concise` moves)."""
+        return statistics.median(len(o.split()) for o in self.outputs) if self.outputs else None
 
 
 # ---------------------------------------------------------------- data and scoring

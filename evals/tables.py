@@ -14,11 +14,13 @@ def eval_scores(results: list[ApproachResult], metric_line: str) -> Table:
     table.add_column("model")
     table.add_column("passed", justify="right")
     table.add_column("score", justify="right")
+    table.add_column("median words", justify="right")
     for r in results:
         if r.skipped:
-            table.add_row(r.approach.label, r.approach.model, "-", f"[yellow]skipped: {r.skipped}[/yellow]")
+            table.add_row(r.approach.label, r.approach.model, "-", f"[yellow]skipped: {r.skipped}[/yellow]", "-")
         else:
-            table.add_row(r.approach.label, r.approach.model, f"{r.passed}/{r.total}", f"{r.score:.0%}")
+            table.add_row(r.approach.label, r.approach.model, f"{r.passed}/{r.total}", f"{r.score:.0%}",
+                          f"{r.median_words:g}" if r.median_words is not None else "-")
     return table
 
 

@@ -62,7 +62,7 @@ def categorize(raw: Path, rules: list[tuple[str, tuple[str, ...]]], idle: str, o
         if "MainThread" not in frames[0]:
             continue
         frames = frames[1:]
-        if any(k in frames[-1] for k in IDLE):
+        if not frames or any(k in frames[-1] for k in IDLE):  # a bare thread line: not running Python
             label = idle
         else:
             label = next((name for name, keys in rules if any(k in f for f in frames for k in keys)), other)

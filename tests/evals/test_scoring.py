@@ -74,3 +74,10 @@ def test_cheapest_that_works_takes_the_first_in_cost_order(tmp_path):
     assert winner is prompted and "costlier approaches are not needed" in reason
     winner, reason = cheapest_that_works([base], 0.8)
     assert winner is None and "no approach reaches 80%" in reason
+
+
+def test_median_words_reports_answer_length(tmp_path):
+    items = _items(tmp_path, [{"prompt": f"q{n}", "expected": "x", "metric": "contains"} for n in range(3)])
+    r = _result("adapter", items, ["one two", "one two three four", "x"])
+    assert r.median_words == 2
+    assert ApproachResult(Approach("a", "a", "a")).median_words is None
