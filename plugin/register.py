@@ -209,6 +209,24 @@ def patch_lora_layers(layers_module: Any) -> None:
                 setattr(obj, name, _wrap(name, method))
 
 
+def patch_adapter_removal(manager_cls: Any) -> None:
+    """After vLLM drops an adapter's weights (``remove_adapter``), hand the freed heap back to the OS: a
+    republish or rollback every few seconds otherwise leaves the engine's RSS growing (docs/operations.md)."""
+    method = manager_cls.__dict__.get("remove_adapter")
+    if method is None or getattr(method, _MARKS, False):
+        return
+
+    @functools.wraps(method)
+    def remove_adapter(self: Any, adapter_id: int) -> bool:
+        removed = method(self, adapter_id)
+        if removed:
+            slots.release_freed_memory()
+        return removed
+
+    setattr(remove_adapter, _MARKS, True)
+    manager_cls.remove_adapter = remove_adapter
+
+
 def register() -> None:
     """Entry point named in pyproject (vllm.general_plugins); runs in every vLLM process."""
     if ops_mode() == "vllm":
@@ -220,3 +238,4 @@ def register() -> None:
         patch_punica_wrapper(punica_cpu.PunicaWrapperCPU)
         for module in LAYER_MODULES:
             patch_lora_layers(importlib.import_module(module))
+        patch_adapter_removal(importlib.import_module("vllm.lora.model_manager").LoRAModelManager)

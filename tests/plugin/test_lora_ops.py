@@ -317,3 +317,19 @@ def test_packing_reads_only_written_slots() -> None:
     got = state.packed(a, b, (16,))
     assert got.live == clean.live == (False, True, False, False)
     torch.testing.assert_close(got.a_t[got.row_of[1]], clean.a_t[clean.row_of[1]])
+
+
+def test_adapter_removal_hands_freed_memory_back(monkeypatch) -> None:
+    from loradock.plugin import register, slots
+
+    calls = []
+    monkeypatch.setattr(slots, "release_freed_memory", lambda: calls.append(1))
+
+    class Manager:
+        def remove_adapter(self, adapter_id: int) -> bool:
+            return adapter_id == 1
+
+    register.patch_adapter_removal(Manager)
+    register.patch_adapter_removal(Manager)  # idempotent: one wrapper
+    assert Manager().remove_adapter(1) and not Manager().remove_adapter(2)
+    assert calls == [1], "trimmed once, after the removal that freed weights"

@@ -105,12 +105,24 @@ def _set_number(page, slider_id: str, value: int) -> None:
 
 
 def _pick(page, dropdown_id: str, *options: str, clear: bool = False) -> None:
-    if clear and page.locator(f"#{dropdown_id} .remove-all").count():
-        page.locator(f"#{dropdown_id} .remove-all").click()
-    for option in options:
-        page.locator(f"#{dropdown_id} input").click()
-        page.get_by_role("option", name=option, exact=True).click()
-    page.keyboard.press("Escape")
+    """Select ``options`` in a multiselect and check they stay selected: a model-list refresh that lands just
+    after the clicks (it follows a publish through a second event) re-renders the dropdown with the selection it
+    read before them, so the picks are made again until they hold."""
+    chips = page.locator(f"#{dropdown_id} .token")
+    for _ in range(5):
+        if clear and page.locator(f"#{dropdown_id} .remove-all").count():
+            page.locator(f"#{dropdown_id} .remove-all").click()
+        for option in options:
+            if option in [t.strip() for t in chips.all_inner_texts()]:
+                continue
+            page.locator(f"#{dropdown_id} input").click()
+            page.get_by_role("option", name=option, exact=True).click()
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(1500)
+        shown = [t.strip() for t in chips.all_inner_texts()]
+        if (sorted(shown) == sorted(options)) if clear else set(options) <= set(shown):
+            return
+    raise AssertionError(f"#{dropdown_id} would not keep {options}; it shows {chips.all_inner_texts()}")
 
 
 def _unlock(page, key: str, expect: str) -> str:
