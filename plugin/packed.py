@@ -120,13 +120,23 @@ def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: t
             a_t[row], b_t[row] = a_new[i], b_new[i]
         elif is_live:
             appended.append(i)
-        elif row:  # the slot was emptied: its row stays (zero) until the next full pack
+        elif row:  # the slot was emptied: its row is zeroed and free for the next slot that needs one
             a_t[row], b_t[row] = 0, 0
             row_of[slot] = 0
-    if appended:
-        for n, i in enumerate(appended):
-            row_of[slots[i]] = a_t.shape[0] + n
-        a_t, b_t = torch.cat([a_t, a_new[appended]]), torch.cat([b_t, b_new[appended]])
+    # Rows no slot points at are reused first, so the packed tensors never outgrow the live slots + 1
+    # however often adapters come and go.
+    free = sorted(set(range(1, a_t.shape[0])) - set(row_of))
+    grow = []
+    for i in appended:
+        if free:
+            row = free.pop(0)
+            a_t[row], b_t[row] = a_new[i], b_new[i]
+        else:
+            row = a_t.shape[0] + len(grow)
+            grow.append(i)
+        row_of[slots[i]] = row
+    if grow:
+        a_t, b_t = torch.cat([a_t, a_new[grow]]), torch.cat([b_t, b_new[grow]])
     return PackedLoRA(a_t, b_t, tuple(row_of), packed.width, packed.ranks)
 
 

@@ -333,3 +333,37 @@ def test_adapter_removal_hands_freed_memory_back(monkeypatch) -> None:
     register.patch_adapter_removal(Manager)  # idempotent: one wrapper
     assert Manager().remove_adapter(1) and not Manager().remove_adapter(2)
     assert calls == [1], "trimmed once, after the removal that freed weights"
+
+
+def test_slot_churn_reuses_packed_rows() -> None:
+    """Adapters loaded and unloaded again and again (hot swap, version churn) reuse the packed rows of emptied
+    slots: the packed tensors stay at live slots + 1 rows and every slot's delta equals a full pack's."""
+    gen = torch.Generator().manual_seed(11)
+    slots, d_in, slices, rank = 4, 16, (16, 8), 4
+    a = tuple(torch.zeros(slots, 1, 8, d_in) for _ in slices)
+    b = tuple(torch.zeros(slots, 1, size, 8) for size in slices)
+    state = LoRAState()
+
+    def write(slot: int, on: bool) -> None:
+        for i in range(len(slices)):
+            a[i][slot].zero_()
+            b[i][slot].zero_()
+            if on:
+                a[i][slot, 0, :rank] = weights((rank, d_in), torch.float32, gen)
+                b[i][slot, 0, :, :rank] = weights((slices[i], rank), torch.float32, gen)
+        (state.mark_set if on else state.mark_reset)(a, b, slot)
+
+    write(0, True)
+    write(1, True)
+    state.packed(a, b, slices)
+    for n in range(40):
+        slot = n % 2
+        write(slot, False)
+        state.packed(a, b, slices)
+        write(slot, True)
+        got = state.packed(a, b, slices)
+    assert got.a_t.shape[0] == 3, f"{got.a_t.shape[0]} packed rows for 2 live slots"
+    want = packed.pack(a, b, slices)
+    for slot in range(slots):
+        torch.testing.assert_close(got.a_t[got.row_of[slot]] @ got.b_t[got.row_of[slot]],
+                                   want.a_t[want.row_of[slot]] @ want.b_t[want.row_of[slot]])
