@@ -126,7 +126,7 @@ def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: t
     # Rows no slot points at are reused first, so the packed tensors never outgrow the live slots + 1
     # however often adapters come and go.
     free = sorted(set(range(1, a_t.shape[0])) - set(row_of))
-    grow = []
+    grow: list[int] = []
     for i in appended:
         if free:
             row = free.pop(0)
