@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loradock.core.manifest import BaseIdentity, Manifest, Provenance
+from loradock.core.plots import loss_figure
 from loradock.core.store import AdapterStore
 from loradock.core.template import template_sha256
 from loradock.core.validate import AdapterInvalid, ValidationLimits, validate_adapter
@@ -27,21 +28,9 @@ def loss_curves(log_history: list[dict[str, Any]]) -> dict[str, list[list[float]
 def plot_losses(curves: dict[str, list[list[float]]], title: str, out: Path) -> None:
     """Write the loss curves as a PNG (matplotlib's Agg canvas, no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 3.5), dpi=100)
+    fig = loss_figure(curves, title, size=(6, 3.5))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
-        points = curves.get(key) or []
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
     fig.savefig(out)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from loradock.core.plots import loss_figure
 from loradock.ui.client import AdminKeyMissing, ServerClient, split_models
-from loradock.ui.plots import loss_figure
 
 COLUMNS = ["id", "parent", "version", "loaded", "pinned", "rank", "template", "created", "description"]
 
@@ -38,7 +38,7 @@ def models_frame(models: list[dict[str, Any]], seen: list[str] | None = None) ->
 def curves(detail: dict[str, Any]) -> dict[str, list[list[float]]]:
     """The manifest's loss curves (``[step, loss]`` points) by name."""
     metrics = detail.get("metrics") or {}
-    return {"train": metrics.get("train_loss") or [], "validation": metrics.get("val_loss") or []}
+    return {"train_loss": metrics.get("train_loss") or [], "val_loss": metrics.get("val_loss") or []}
 
 
 def build_adapters_tab(client: ServerClient, models: gr.State, admin_key: gr.State) -> None:

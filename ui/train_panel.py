@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
+from loradock.core.plots import loss_figure
 from loradock.ui.client import ServerClient, split_models
-from loradock.ui.plots import loss_figure
 from loradock.ui.train_job import TrainJobs
 
 DEFAULT_NAME = "votes-dpo"
@@ -31,7 +31,7 @@ def publish_name(wanted: str, listing: list[dict[str, Any]]) -> tuple[str, bool]
 
 def loss_curves(status: dict[str, Any]) -> dict[str, list[list[float]]]:
     """Train and validation loss points of a job, for the plot."""
-    return {"train": status["train_loss"], "validation": status["val_loss"]}
+    return {"train_loss": status["train_loss"], "val_loss": status["val_loss"]}
 
 
 def status_markdown(status: dict[str, Any]) -> str:

@@ -9,13 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from loradock.core.feedback import FeedbackStore, PreferenceIn
+from loradock.core.plots import loss_figure
 from loradock.ui.adapters_tab import curves, models_frame
 from loradock.ui.arena import arena_record, contender, contender_labels, draw_pair, reveal
 from loradock.ui.cli import is_loopback, parse_auth
 from loradock.ui.compare_tab import MAX_ADAPTER_COLUMNS, passages_markdown, plan_sides, preference
 from loradock.ui.data_tab import filters, records_frame, win_rate_frame
 from loradock.ui.leaderboard_tab import clean_filters, pairs_frame, ratings_frame
-from loradock.ui.plots import loss_figure
 from loradock.ui.train_job import _filter_flags
 from loradock.ui.train_panel import loss_curves, publish_name
 
@@ -151,8 +151,8 @@ def test_training_jobs_name_versions_and_flags() -> None:
     assert _filter_flags({"annotator": "ana", "blind": "true", "prompt_set": "p"},
                          {"drop_contradictory": False, "min_agreement": 0.5}) == [
         "--annotator", "ana", "--prompt-set", "p", "--blind", "--keep-contradictory", "--min-agreement", "0.5"]
-    assert loss_curves({"train_loss": [[1, 0.69]], "val_loss": [[1, 0.6]]}) == {"train": [[1, 0.69]],
-                                                                              "validation": [[1, 0.6]]}
+    assert loss_curves({"train_loss": [[1, 0.69]], "val_loss": [[1, 0.6]], "running": False}) == {
+        "train_loss": [[1, 0.69]], "val_loss": [[1, 0.6]]}
 
 
 def test_ui_refuses_a_public_address_without_a_login() -> None:
