@@ -145,7 +145,7 @@ def lora_linear(y: torch.Tensor, x: torch.Tensor, packed: PackedLoRA, scale: flo
 
     ``y`` is (rows, sum(output_slices)) and ``x`` is (rows, in); both follow ``plan``'s rows.
     """
-    if not any(packed.live[slot] for slot in plan.slots):
+    if not any(packed.row_of[slot] for slot in plan.slots):  # row 0: no delta in this layer (see ``live``)
         return
     a_t, b_t = packed.weights_for(plan)
     if len(plan.segments) == 1 and plan.src_rows is None and plan.no_adapter is None:
