@@ -123,8 +123,12 @@ def engine_kwargs(settings: Settings, *, enable_lora: bool | None = None, **over
 
 
 def engine_env(settings: Settings) -> dict[str, str]:
-    """Environment the engine process reads at start (CPU: its torch threads); empty on a GPU."""
-    return {} if on_gpu() else {"OMP_NUM_THREADS": str(cpu_threads(settings))}
+    """Environment the engine process reads at start (CPU: its torch threads and the size of oneDNN's
+    primitive cache, see docs/operations.md); empty on a GPU."""
+    if on_gpu():
+        return {}
+    return {"OMP_NUM_THREADS": str(cpu_threads(settings)),
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(settings.onednn_primitive_cache)}
 
 
 def cli_flags(kwargs: dict[str, Any]) -> list[str]:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
                               "support costs).")
     cpu_threads: int | None = Field(None, description="Torch threads of the CPU engine. Default: all cores but one "
                                     "(left to the API process), at least 1.")
+    onednn_primitive_cache: int = Field(64, ge=0, description="oneDNN primitives the CPU engine keeps (its "
+                                        "ONEDNN_PRIMITIVE_CACHE_CAPACITY; oneDNN's own default, 1024, holds "
+                                        "~300 MB more once varied batch shapes fill it).")
 
     pinned_adapters: list[str] = Field(default_factory=list, description="Adapters never evicted.")
     store_poll_seconds: float = Field(1.0, description="How often the server rescans the adapter store.")

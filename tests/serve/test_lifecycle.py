@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -266,6 +267,17 @@ def _engine_core(server) -> psutil.Process:
     return cores[0]
 
 
+def _engine_env(server) -> dict[str, str]:
+    # read /proc directly: vLLM's setproctitle leaves empty entries first, where psutil's environ() stops
+    raw = Path(f"/proc/{_engine_core(server).pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in raw if b"=" in e)
+
+
+def test_the_engine_process_keeps_a_bounded_onednn_primitive_cache(server):
+    # oneDNN's default (1024 primitives) grows the engine ~300 MB under varied batch shapes (docs/operations.md)
+    assert _engine_env(server)["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+
+
 def test_a_killed_engine_core_ends_requests_cleanly_and_the_server_heals_itself(client, server):
     stream = client.chat.completions.create(model="syn-a", messages=Q, temperature=0, max_tokens=600, stream=True,
                                             extra_body={"ignore_eos": True})
@@ -283,6 +295,7 @@ def test_a_killed_engine_core_ends_requests_cleanly_and_the_server_heals_itself(
     assert wait_for(lambda: httpx.get(f"{server.url}/health").status_code == 200, timeout=240, interval=1)
     assert "Paris" in greedy(client, server.base)
     assert greedy(client, "syn-a")
+    assert _engine_env(server)["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"  # the restarted one too
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "loradock_engine_restarts_total 1.0" in metrics
 

@@ -1,0 +1,38 @@
+"""The one builder of engine arguments: what the CPU engine process is started with."""
+
+from __future__ import annotations
+
+import pytest
+
+from loradock.core import engine_args
+from loradock.core.settings import Settings
+from tests.conftest import BASE_MODEL
+
+
+@pytest.fixture
+def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_args, "on_gpu", lambda: False)
+
+
+def test_cpu_engine_env_bounds_the_onednn_primitive_cache(cpu) -> None:
+    env = engine_args.engine_env(Settings(base_model=BASE_MODEL, cpu_threads=3))
+    assert env == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+    env = engine_args.engine_env(Settings(base_model=BASE_MODEL, onednn_primitive_cache=0))
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+
+
+def test_gpu_engine_env_is_vllms_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_args, "on_gpu", lambda: True)
+    assert engine_args.engine_env(Settings(base_model=BASE_MODEL)) == {}
+
+
+def test_negative_cache_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="onednn_primitive_cache"):
+        Settings(base_model=BASE_MODEL, onednn_primitive_cache=-1)
+
+
+def test_cli_flags_spell_the_same_arguments() -> None:
+    flags = engine_args.cli_flags({"max_loras": 4, "enable_lora": True, "enforce_eager": False,
+                                   "served_model_name": ["a", "b"], "compilation_config": {"mode": 0}})
+    assert flags == ["--max-loras", "4", "--enable-lora", "--served-model-name", "a", "b",
+                     "--compilation-config", '{"mode": 0}']
