@@ -43,23 +43,33 @@ class PackedLoRA:
         return self.a_t.index_select(0, index), self.b_t.index_select(0, index)
 
 
-def _used_rank(a: torch.Tensor, b: torch.Tensor) -> int:
-    """1 + the highest rank column any slot uses in this slice (0 when every slot is zero here)."""
-    used = (a.ne(0).any(dim=-1) & b.ne(0).any(dim=-2)).any(dim=0)
-    nz = used.nonzero()
-    return int(nz.max()) + 1 if nz.numel() else 0
-
-
-def _live(a_t: torch.Tensor, b_t: torch.Tensor) -> list[bool]:
-    return (a_t.flatten(1).ne(0).any(dim=1) & b_t.flatten(1).ne(0).any(dim=1)).tolist()
-
-
 def _parts(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...],
            slots: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each slice's (a, b) weights of ``slots`` only (reading no other slot)."""
+    """Each slice's (a, b) weights of ``slots`` only (reading no other slot; views when the slots are
+    consecutive, as one reloaded slot is)."""
+    if slots == list(range(slots[0], slots[0] + len(slots))):
+        rows = slice(slots[0], slots[0] + len(slots))
+        return [(slots_view(a)[rows], slots_view(b)[rows, :size])
+                for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)]
     idx = torch.tensor(slots, dtype=torch.long)
     return [(slots_view(a).index_select(0, idx), slots_view(b).index_select(0, idx)[:, :size])
             for a, b, size in zip(lora_a, lora_b, output_slices, strict=True)]
+
+
+def _used_columns(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[list[bool]]]:
+    """Per slice, per slot: which rank columns carry a delta (a non-zero row of a and column of b)."""
+    return [(a.ne(0).any(dim=-1) & b.ne(0).any(dim=-2)).tolist() for a, b in parts]
+
+
+def _rank(used: list[list[bool]]) -> int:
+    """1 + the highest rank column any slot uses in this slice (0 when every slot is zero here)."""
+    return max((j + 1 for per_slot in used for j, on in enumerate(per_slot) if on), default=0)
+
+
+def _live(used: list[list[list[bool]]], ranks: tuple[int, ...]) -> list[bool]:
+    """Per slot: a delta in some slice, within the packed ranks."""
+    return [any(any(cols[:rank]) for cols, rank in zip(per_slice, ranks, strict=True))
+            for per_slice in zip(*used, strict=True)]
 
 
 def _layout(parts: list[tuple[torch.Tensor, torch.Tensor]], output_slices: tuple[int, ...],
@@ -94,9 +104,10 @@ def pack(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], out
         zeros = torch.zeros(1, in_dim, 0), torch.zeros(1, 0, width)
         return PackedLoRA(*zeros, tuple(row_of), width, (0,) * len(output_slices))
     parts = _parts(lora_a, lora_b, output_slices, slots)
-    ranks = tuple(_used_rank(a, b) for a, b in parts)
+    used = _used_columns(parts)
+    ranks = tuple(_rank(u) for u in used)
     a_c, b_c = _layout(parts, output_slices, ranks)
-    keep = [i for i, is_live in enumerate(_live(a_c, b_c)) if is_live]
+    keep = [i for i, is_live in enumerate(_live(used, ranks)) if is_live]
     for row, i in enumerate(keep, start=1):
         row_of[slots[i]] = row
     a_t = torch.cat([torch.zeros_like(a_c[:1]), a_c[keep]])
@@ -109,12 +120,13 @@ def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: t
     """Update only ``slots`` of a packed layer (in place where they have a row); None when they need a wider
     layout (then the caller packs from scratch)."""
     parts = _parts(lora_a, lora_b, output_slices, slots)
-    if any(_used_rank(a, b) > rank for (a, b), rank in zip(parts, packed.ranks, strict=True)):
+    used = _used_columns(parts)
+    if any(_rank(u) > rank for u, rank in zip(used, packed.ranks, strict=True)):
         return None
     a_new, b_new = _layout(parts, output_slices, packed.ranks)
     a_t, b_t, row_of = packed.a_t, packed.b_t, list(packed.row_of)
     appended = []
-    for i, (slot, is_live) in enumerate(zip(slots, _live(a_new, b_new), strict=True)):
+    for i, (slot, is_live) in enumerate(zip(slots, _live(used, packed.ranks), strict=True)):
         row = row_of[slot]
         if is_live and row:
             a_t[row], b_t[row] = a_new[i], b_new[i]
