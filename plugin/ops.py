@@ -30,11 +30,13 @@ def select_slots(w_t: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
     return w_t.index_select(0, plan.slot_select)
 
 
-def matmul(xs: torch.Tensor, w: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
-    """``xs @ w[i]`` for the plan's i-th slot, in the kernel layout; ``w`` is (plan slots, in, out)."""
+def matmul(xs: torch.Tensor, w: torch.Tensor | list[torch.Tensor], plan: SegmentPlan) -> torch.Tensor:
+    """``xs @ w[i]`` for the plan's i-th slot, in the kernel layout; ``w`` is (plan slots, in, out), or one
+    (in, out) tensor per plan slot when the plan is not batched."""
     if plan.batched:
+        assert isinstance(w, torch.Tensor), "a batched plan takes stacked weights"
         return torch.bmm(xs, w)
-    out = torch.empty(xs.shape[0], w.shape[-1], dtype=xs.dtype)
+    out = torch.empty(xs.shape[0], w[0].shape[-1], dtype=xs.dtype)
     for i, (_, start, end) in enumerate(plan.segments):
         torch.matmul(xs[start:end], w[i], out=out[start:end])
     return out

@@ -2,10 +2,13 @@
 
 :func:`lora_linear` uses weights packed by :func:`pack`: zero slices and unused rank columns are dropped, so
 a q_proj/v_proj adapter costs nothing in o_proj or the MLP, and a rank-8 adapter in a rank-16 engine costs
-rank 8. Only slots with a non-zero delta in the layer get a packed row (``max_loras`` slots cost nothing
-until adapters use them). Packed weights are float32 whatever the engine's dtype: on CPU a float32 matmul
-of these thin shapes is faster than a bfloat16 one (measured here 6 vs 40 us for one row: bf16 matmuls
-have a large fixed cost), and one copy instead of two keeps the memory down.
+rank 8. Slot ``s`` always has packed row ``s + 1``, so the rows of the slots a step uses are a view of the
+packed tensors whenever those slots are consecutive (no copy per layer and step); the packed tensors sit on
+lazily allocated zero pages (:func:`loradock.plugin.slots.lazy_zeros`), so a slot's row costs memory only
+once an adapter with a delta in this layer is written there. Packed weights are float32 whatever the
+engine's dtype: on CPU a float32 matmul of these thin shapes is faster than a bfloat16 one (measured here
+6 vs 40 us for one row: bf16 matmuls have a large fixed cost), and one copy instead of two keeps the memory
+down.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ from dataclasses import dataclass
 
 import torch
 
-from loradock.plugin.ops import gather_in, gather_out, matmul, slots_view
+from loradock.plugin.ops import gather_in, gather_out, matmul, select_slots, slots_view
 from loradock.plugin.plan import SegmentPlan
+from loradock.plugin.slots import lazy_zeros
 
 
 @dataclass(frozen=True)
 class PackedLoRA:
-    """All slices of one LoRA layer packed per slot: ``y[:, :width] += (x @ a_t[r]) @ b_t[r]``,
-    ``r = row_of[slot]``; row 0 is all zero (the row of every slot without a delta here)."""
+    """All slices of one LoRA layer packed per slot: ``y[:, :width] += (x @ a_t[s + 1]) @ b_t[s + 1]`` for
+    slot ``s``; ``row_of[s]`` is ``s + 1`` where the slot has a delta in this layer, else 0 (row 0 is zero)."""
 
-    a_t: torch.Tensor  # (rows, in, cols) float32: the used rank columns of every slice side by side
-    b_t: torch.Tensor  # (rows, cols, width) float32: one block of rows per slice, at the slice's output offset
-    row_of: tuple[int, ...]  # packed row of each slot
+    a_t: torch.Tensor  # (slots + 1, in, cols) float32: the used rank columns of every slice side by side
+    b_t: torch.Tensor  # (slots + 1, cols, width) float32: one block of rows per slice, at the slice's offset
+    row_of: tuple[int, ...]  # packed row of each slot with a delta here (0: none)
     width: int
     ranks: tuple[int, ...]  # rank columns each slice got in the packed layout
 
@@ -34,13 +38,14 @@ class PackedLoRA:
         """Slot holds a non-zero delta for this layer."""
         return tuple(r > 0 for r in self.row_of)
 
-    def weights_for(self, plan: SegmentPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a_t, b_t) rows of the plan's slots, in the plan's order (views when the rows are consecutive)."""
-        rows = [self.row_of[slot] for slot in plan.slots]
-        if rows == list(range(rows[0], rows[0] + len(rows))):
-            return self.a_t[rows[0] : rows[0] + len(rows)], self.b_t[rows[0] : rows[0] + len(rows)]
-        index = torch.tensor(rows)
-        return self.a_t.index_select(0, index), self.b_t.index_select(0, index)
+    def weights_for(self, plan: SegmentPlan) -> tuple[torch.Tensor | list[torch.Tensor],
+                                                      torch.Tensor | list[torch.Tensor]]:
+        """(a_t, b_t) rows of the plan's slots, in the plan's order: views when the slots are consecutive, one
+        view per slot for a per-segment plan, a gathered copy only for a batched plan over scattered slots."""
+        a_t, b_t = self.a_t[1:], self.b_t[1:]
+        if plan.batched or plan.slot_select is None:
+            return select_slots(a_t, plan), select_slots(b_t, plan)
+        return [a_t[slot] for slot in plan.slots], [b_t[slot] for slot in plan.slots]
 
 
 def _parts(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...],
@@ -107,11 +112,12 @@ def pack(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], out
     used = _used_columns(parts)
     ranks = tuple(_rank(u) for u in used)
     a_c, b_c = _layout(parts, output_slices, ranks)
-    keep = [i for i, is_live in enumerate(_live(used, ranks)) if is_live]
-    for row, i in enumerate(keep, start=1):
-        row_of[slots[i]] = row
-    a_t = torch.cat([torch.zeros_like(a_c[:1]), a_c[keep]])
-    b_t = torch.cat([torch.zeros_like(b_c[:1]), b_c[keep]])
+    a_t = lazy_zeros((num_slots + 1, in_dim, sum(ranks)), torch.float32)
+    b_t = lazy_zeros((num_slots + 1, sum(ranks), width), torch.float32)
+    for i, is_live in enumerate(_live(used, ranks)):
+        if is_live:
+            row_of[slots[i]] = slots[i] + 1
+            a_t[slots[i] + 1], b_t[slots[i] + 1] = a_c[i], b_c[i]
     return PackedLoRA(a_t, b_t, tuple(row_of), width, ranks)
 
 
@@ -119,36 +125,21 @@ def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: t
                  output_slices: tuple[int, ...], slots: list[int]) -> PackedLoRA | None:
     """Update only ``slots`` of a packed layer (in place where they have a row); None when they need a wider
     layout (then the caller packs from scratch)."""
+    if packed.a_t.shape[0] != len(packed.row_of) + 1:  # the empty pack of a layer nothing had written
+        return None
     parts = _parts(lora_a, lora_b, output_slices, slots)
     used = _used_columns(parts)
     if any(_rank(u) > rank for u, rank in zip(used, packed.ranks, strict=True)):
         return None
     a_new, b_new = _layout(parts, output_slices, packed.ranks)
     a_t, b_t, row_of = packed.a_t, packed.b_t, list(packed.row_of)
-    appended = []
     for i, (slot, is_live) in enumerate(zip(slots, _live(used, packed.ranks), strict=True)):
-        row = row_of[slot]
-        if is_live and row:
-            a_t[row], b_t[row] = a_new[i], b_new[i]
-        elif is_live:
-            appended.append(i)
-        elif row:  # the slot was emptied: its row is zeroed and free for the next slot that needs one
-            a_t[row], b_t[row] = 0, 0
+        if is_live:
+            a_t[slot + 1], b_t[slot + 1] = a_new[i], b_new[i]
+            row_of[slot] = slot + 1
+        elif row_of[slot]:  # the slot was emptied: its row goes back to zero
+            a_t[slot + 1], b_t[slot + 1] = 0, 0
             row_of[slot] = 0
-    # Rows no slot points at are reused first, so the packed tensors never outgrow the live slots + 1
-    # however often adapters come and go.
-    free = sorted(set(range(1, a_t.shape[0])) - set(row_of))
-    grow: list[int] = []
-    for i in appended:
-        if free:
-            row = free.pop(0)
-            a_t[row], b_t[row] = a_new[i], b_new[i]
-        else:
-            row = a_t.shape[0] + len(grow)
-            grow.append(i)
-        row_of[slots[i]] = row
-    if grow:
-        a_t, b_t = torch.cat([a_t, a_new[grow]]), torch.cat([b_t, b_new[grow]])
     return PackedLoRA(a_t, b_t, tuple(row_of), packed.width, packed.ranks)
 
 

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import mmap
 import warnings
 from typing import Any
@@ -27,15 +28,22 @@ log = logging.getLogger("vllm.loradock_lora_ops")
 STACKED = ("lora_a_stacked", "lora_b_stacked")
 
 
-def lazy_zeros_like(t: torch.Tensor) -> torch.Tensor:
-    """A zero tensor of ``t``'s shape and dtype over an anonymous memory map (no memory until written)."""
-    nbytes = t.numel() * t.element_size()
-    if nbytes == 0 or t.device.type != "cpu":
-        return torch.zeros_like(t)
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A CPU zero tensor over an anonymous memory map: no memory until written (reading maps the zero page)."""
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if nbytes == 0:
+        return torch.zeros(shape, dtype=dtype)
     buffer = mmap.mmap(-1, nbytes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # frombuffer warns about buffers it cannot resize
-        return torch.frombuffer(buffer, dtype=t.dtype).view(t.shape)  # keeps ``buffer`` alive
+        return torch.frombuffer(buffer, dtype=dtype).view(shape)  # keeps ``buffer`` alive
+
+
+def lazy_zeros_like(t: torch.Tensor) -> torch.Tensor:
+    """A zero tensor of ``t``'s shape and dtype, lazily allocated on CPU (see :func:`lazy_zeros`)."""
+    if t.device.type != "cpu":
+        return torch.zeros_like(t)
+    return lazy_zeros(tuple(t.shape), t.dtype)
 
 
 def release_freed_memory() -> None:

@@ -335,9 +335,9 @@ def test_adapter_removal_hands_freed_memory_back(monkeypatch) -> None:
     assert calls == [1], "trimmed once, after the removal that freed weights"
 
 
-def test_slot_churn_reuses_packed_rows() -> None:
-    """Adapters loaded and unloaded again and again (hot swap, version churn) reuse the packed rows of emptied
-    slots: the packed tensors stay at live slots + 1 rows and every slot's delta equals a full pack's."""
+def test_slot_churn_keeps_one_packed_row_per_slot() -> None:
+    """Adapters loaded and unloaded again and again (hot swap, version churn) rewrite their slot's own packed
+    row: the packed tensors never grow past slots + 1 rows and every slot's delta equals a full pack's."""
     gen = torch.Generator().manual_seed(11)
     slots, d_in, slices, rank = 4, 16, (16, 8), 4
     a = tuple(torch.zeros(slots, 1, 8, d_in) for _ in slices)
@@ -362,8 +362,33 @@ def test_slot_churn_reuses_packed_rows() -> None:
         state.packed(a, b, slices)
         write(slot, True)
         got = state.packed(a, b, slices)
-    assert got.a_t.shape[0] == 3, f"{got.a_t.shape[0]} packed rows for 2 live slots"
+    assert got.a_t.shape[0] == slots + 1, f"{got.a_t.shape[0]} packed rows for {slots} slots"
+    assert got.row_of == (1, 2, 0, 0)
     want = packed.pack(a, b, slices)
     for slot in range(slots):
         torch.testing.assert_close(got.a_t[got.row_of[slot]] @ got.b_t[got.row_of[slot]],
                                    want.a_t[want.row_of[slot]] @ want.b_t[want.row_of[slot]])
+
+
+def test_packed_rows_of_consecutive_slots_are_views() -> None:
+    """A step over consecutive slots reads the packed weights in place (no per-layer copy); scattered slots
+    of a per-segment plan get one view per slot; only a batched plan over scattered slots gathers a copy."""
+    gen = torch.Generator().manual_seed(5)
+    a, b = (torch.zeros(6, 1, 8, 16),), (torch.zeros(6, 1, 16, 8),)
+    for slot in range(6):
+        a[0][slot, 0, :4] = torch.randn(4, 16, generator=gen)
+        b[0][slot, 0, :, :4] = torch.randn(16, 4, generator=gen)
+    pk = packed.pack(a, b, (16,))
+    steps = {"consecutive": [1, 1, 2, 3, 3, 3], "scattered": [0, 5] + [2] * 12}  # scattered: one long segment
+    consecutive, scattered = (plan.plan_segments(torch.tensor(rows)) for rows in steps.values())
+    a_t, b_t = pk.weights_for(consecutive)
+    assert a_t.untyped_storage().data_ptr() == pk.a_t.untyped_storage().data_ptr()
+    assert b_t.untyped_storage().data_ptr() == pk.b_t.untyped_storage().data_ptr()
+    assert not scattered.batched and scattered.slot_select is not None
+    a_list, _ = pk.weights_for(scattered)
+    assert all(t.untyped_storage().data_ptr() == pk.a_t.untyped_storage().data_ptr() for t in a_list)
+    for step, rows in zip((consecutive, scattered), steps.values(), strict=True):
+        x, y = torch.randn(len(rows), 16, generator=gen), torch.zeros(len(rows), 16)
+        packed.lora_linear(y, x, pk, 1.0, step)
+        want = torch.stack([x[i] @ a[0][s, 0].T @ b[0][s, 0].T for i, s in enumerate(rows)])
+        torch.testing.assert_close(y, want)
