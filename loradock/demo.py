@@ -25,6 +25,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def install_stop_signals() -> None:
+    """SIGTERM (``kill``) and SIGINT (Ctrl-C, ``kill -INT``) stop the demo and its children; SIGINT too when
+    the demo was started in the background, where the shell starts it with SIGINT ignored."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class ChildFailed(RuntimeError):
     """A child process kept exiting; the message says which one and how."""
 
@@ -105,7 +112,7 @@ def demo_cmd(
                                  "USER:PASSWORD, bind 127.0.0.1, or pass --insecure", param_hint="--host")
 
     console = Console()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server and the UI too, like Ctrl-C
+    install_stop_signals()
     exe = [sys.executable, "-m", "loradock"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     faq = Path("data/faq_docs")

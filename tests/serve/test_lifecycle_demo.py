@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -29,3 +30,18 @@ def test_a_child_that_dies_is_restarted_and_one_that_keeps_dying_ends_the_demo()
     finally:
         children.stop(timeout=5)
     assert child.proc.poll() is not None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_demo_stops_on_sigint_and_sigterm_even_when_started_in_the_background(sig):
+    # a shell starts background jobs with SIGINT ignored; `kill -INT` must still stop the demo
+    code = ("import os, signal, time\n"
+            "from loradock.demo import install_stop_signals\n"
+            "install_stop_signals()\n"
+            "try:\n"
+            f"    os.kill(os.getpid(), {int(sig)}); time.sleep(30)\n"
+            "except KeyboardInterrupt:\n"
+            "    print('stopping')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=offline_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert out.stdout.strip() == "stopping", out.stderr
