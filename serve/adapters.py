@@ -83,9 +83,36 @@ class AdapterRegistry:
         for name in snap.failed:
             if name in self.views:
                 views[name] = self.views[name]
+        previous = self.views
         self.views, self.invalid = views, dict(snap.invalid)
+        self._warm_replacements(previous)
         for opened in list(self._open.values()):
             self._maybe_unload(opened)
+
+    def _warm_replacements(self, previous: dict[str, NameView]) -> None:
+        """A name whose version in the engine was replaced (republish, rollback) gets its new current version
+        loaded now, in the background, so the first request after a hot swap does not wait for the load. New
+        names are still loaded by their first request (loading them here could evict adapters in use)."""
+        for name, view in self.views.items():
+            old = previous.get(name)
+            if view.current is None or old is None or old.current is None or \
+                    old.current.label == view.current.label:
+                continue
+            replaced = self._open.get(old.current.label)
+            if replaced is not None and replaced.added and view.current.label not in self._open:
+                with suppress(RuntimeError):  # no running loop: a blocking scan outside the server
+                    asyncio.get_running_loop()
+                    self._spawn(self._warm(view.current))
+
+    async def _warm(self, record: VersionRecord) -> None:
+        try:
+            opened = await self._opened(record)
+            if self.is_current(record):
+                await self._load(opened)
+                log.info("adapter version %s loaded ahead of its first request", record.label)
+            self._maybe_unload(opened)
+        except Exception as e:  # its first request loads it (and reports what is wrong) instead
+            log.info("adapter version %s not loaded ahead: %s", record.label, e)
 
     async def watch(self, interval: float) -> None:
         """Poll the store forever (cancelled at shutdown); a scan that fails is logged and retried."""

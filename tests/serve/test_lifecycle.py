@@ -63,6 +63,11 @@ def admin(server) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=server.headers(admin=True), timeout=120)
 
 
+def _loaded(server, name: str, number: int) -> bool:
+    rows = admin(server).get(f"/v1/adapters/{name}/versions").json()["data"]
+    return any(r["version"] == number and r["loaded"] for r in rows)
+
+
 def test_same_name_republish_answers_like_the_new_weights_even_for_a_cached_prompt(client, server, publish_copy,
                                                                                   strong):
     publish_copy(strong[0], "victim")
@@ -70,6 +75,7 @@ def test_same_name_republish_answers_like_the_new_weights_even_for_a_cached_prom
     before = greedy(client, "victim", LONG)  # leaves syn-a's KV blocks for this prompt in the prefix cache
     publish_copy(strong[1], "victim")  # same name, same folder, new weights (atomic rename)
     assert wait_for(lambda: version(client, "victim") == 2)
+    assert wait_for(lambda: _loaded(server, "victim", 2)), "the hot swap loads the new version ahead of use"
     after = greedy(client, "victim", LONG)
     assert after == greedy(client, strong[1], LONG)
     assert after != before

@@ -124,6 +124,17 @@ def test_a_replaced_or_removed_version_leaves_the_engine_after_its_last_request(
     assert _until(lambda: old_id not in engine.resident)
 
 
+def test_a_republished_version_is_loaded_before_its_first_request(served):
+    tc, engine, store, app = served
+    assert _chat(tc, "alpha").status_code == 200  # v1 is in the engine
+    store.copy_from(store.path("beta"), store.read_manifest("alpha"), overwrite=True)
+    assert _until(lambda: app.state.registry.entries["alpha"].version == 2)
+    new_id = app.state.registry.entries["alpha"].target.int_id
+    assert _until(lambda: new_id in engine.resident), "the hot swap loads the new version ahead"
+    assert not any(t.name.startswith("beta") for t in engine.resident.values()), "only replacements are warmed"
+    assert _chat(tc, "alpha").json()["choices"][0]["message"]["content"].startswith("[alpha@2]")
+
+
 def test_pinned_versions_and_rollback_over_http(served):
     tc, _, store, app = served
     store.copy_from(store.path("beta"), store.read_manifest("alpha"), overwrite=True)
