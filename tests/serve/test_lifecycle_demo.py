@@ -42,6 +42,10 @@ def test_the_demo_stops_on_sigint_and_sigterm_even_when_started_in_the_backgroun
             f"    os.kill(os.getpid(), {int(sig)}); time.sleep(30)\n"
             "except KeyboardInterrupt:\n"
             "    print('stopping')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=offline_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # started the way a shell starts a background job: SIGINT ignored, which survives exec (no preexec_fn: this
+    # process has threads)
+    launcher = ("import os, signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1]])\n")
+    out = subprocess.run([sys.executable, "-c", launcher, code], capture_output=True, text=True, timeout=60,
+                         env=offline_env())
     assert out.stdout.strip() == "stopping", out.stderr
