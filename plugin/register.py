@@ -93,6 +93,8 @@ def patch_punica_wrapper(cls: Any) -> None:
         if plan is None or not plan.fits(x2, y2):
             return orig["add_lora_linear"](self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
                                            **kwargs)
+        if not plan.segments:  # a base-model-only step: no adapter row, nothing to add
+            return None
         packed.lora_linear(y2, x2, state.packed(lora_a_stacked, lora_b_stacked, output_slices), scale, plan)
         return None
 
@@ -102,6 +104,8 @@ def patch_punica_wrapper(cls: Any) -> None:
         plan, x2, y2 = state.sampler_plan, _rows(x), _rows(y)
         if plan is None or not plan.fits(x2, y2):
             return orig["add_lora_logits"](self, y, x, lora_a_stacked, lora_b_stacked, scale, **kwargs)
+        if not plan.segments:
+            return None
         live = state.live(lora_a_stacked, lora_b_stacked)
         if any(live[slot] for slot in plan.slots):
             h = torch.empty(x2.shape[0], lora_b_stacked.shape[-1], dtype=torch.float32)
@@ -115,6 +119,8 @@ def patch_punica_wrapper(cls: Any) -> None:
         plan = state.token_plan
         if plan is None or not plan.fits(x, y):
             return orig["add_lora_embedding"](self, y, x, lora_b_stacked, add_inputs, **kwargs)
+        if not plan.segments and add_inputs:
+            return None
         ops.expand(x, lora_b_stacked, y, plan, 0, y.shape[1], add_inputs, state.live(lora_b_stacked))
         return None
 

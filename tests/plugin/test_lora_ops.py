@@ -142,6 +142,21 @@ def test_rows_without_adapter_get_no_delta() -> None:
     torch.testing.assert_close(got[0, [0, 2]], want[0, [0, 2]])
 
 
+def test_a_base_only_step_runs_no_lora_work() -> None:
+    """With LoRA enabled, a step with no adapter row leaves the outputs alone and never packs (or even reads)
+    the stacked weights: garbage in them changes nothing."""
+    a = (torch.full((2, 1, 4, 8), float("nan")),)
+    b = (torch.full((2, 1, 8, 4), float("nan")),)
+    _, grouped = make_wrappers([-1, -1, -1], [-1, -1, -1], 2, prefill=False)
+    y = torch.ones(3, 8)
+    assert grouped.add_lora_linear(y, torch.ones(3, 8), a, b, 1.0, (8,)) is None
+    assert bool((y == 1).all())
+    assert lora_ops.state_of(grouped)._packed == {}, "nothing was packed"
+    logits = torch.ones(3, 8)
+    grouped.add_lora_logits(logits, torch.ones(3, 8), a[0], b[0], 1.0)
+    assert bool((logits == 1).all())
+
+
 def test_plan_groups_rows_by_slot() -> None:
     step = plan.plan_segments(torch.tensor([2, -1, 0, 2, 0, 0]))
     assert step.slots == (0, 2)
