@@ -105,8 +105,8 @@ def pack(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], out
     slots = list(range(num_slots)) if candidates is None else sorted(candidates)
     in_dim, width = slots_view(lora_a[0]).shape[-1], sum(output_slices)
     row_of = [0] * num_slots
-    if not slots:
-        zeros = torch.zeros(1, in_dim, 0), torch.zeros(1, 0, width)
+    if not slots:  # nothing written: zero rank columns, the same slots + 1 rows as any pack
+        zeros = torch.zeros(num_slots + 1, in_dim, 0), torch.zeros(num_slots + 1, 0, width)
         return PackedLoRA(*zeros, tuple(row_of), width, (0,) * len(output_slices))
     parts = _parts(lora_a, lora_b, output_slices, slots)
     used = _used_columns(parts)
@@ -125,8 +125,6 @@ def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: t
                  output_slices: tuple[int, ...], slots: list[int]) -> PackedLoRA | None:
     """Update only ``slots`` of a packed layer (in place where they have a row); None when they need a wider
     layout (then the caller packs from scratch)."""
-    if packed.a_t.shape[0] != len(packed.row_of) + 1:  # the empty pack of a layer nothing had written
-        return None
     parts = _parts(lora_a, lora_b, output_slices, slots)
     used = _used_columns(parts)
     if any(_rank(u) > rank for u, rank in zip(used, packed.ranks, strict=True)):
