@@ -14,8 +14,10 @@ step's plan does not cover its rows:
 vLLM's LoRA layers are patched too (:func:`patch_lora_layers`): their stacked weights are allocated lazily
 (:mod:`loradock.plugin.slots`), their ``set_lora`` / ``reset_lora`` tell the wrapper's state which slot
 they rewrote (loading one adapter repacks one slot, and only written slots are ever read), and a
-``reset_lora`` of a slot nothing wrote is skipped. ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only
-the CPU wrapper is patched; GPU builds use their own Triton kernels and are unaffected.
+``reset_lora`` of a slot nothing wrote is skipped; the linear layers' ``forward`` runs the base layer and the
+packed delta without vLLM's per-layer wrapper code (:mod:`loradock.plugin.forward`).
+``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU wrapper is patched; GPU builds use their own
+Triton kernels and are unaffected.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 
 from loradock.plugin import ops, packed, slots
+from loradock.plugin.forward import STATE_ATTR, lean_forward
 from loradock.plugin.state import LoRAState
 
 # vLLM configures handlers for its own logger tree only; a child of it shows up in the engine's log.
@@ -36,7 +39,6 @@ log = logging.getLogger("vllm.loradock_lora_ops")
 
 ENV_VAR = "LORADOCK_LORA_OPS"
 MODES = ("vllm", "grouped")
-STATE_ATTR = "_loradock_state"
 _PATCHED_ATTR = "_loradock_patched"
 _LOGGED_ATTR = "_loradock_logged"
 # Modules whose LoRA layer classes define set_lora / reset_lora (the linear ones carry the slot weights).
@@ -205,10 +207,18 @@ def _wrap(name: str, method: Any) -> Any:
 
 def patch_lora_layers(layers_module: Any) -> None:
     """Wrap the LoRA layer classes of a vLLM module: lazy slot memory (``create_lora_weights``), tracking by
-    the wrapper's state (``set_mapping``), and marks of every slot write (``set_lora`` / ``reset_lora``)."""
+    the wrapper's state (``set_mapping``), marks of every slot write (``set_lora`` / ``reset_lora``), and the
+    linear layers' ``forward`` without vLLM's wrapper code (:mod:`loradock.plugin.forward`)."""
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+
     for obj in vars(layers_module).values():
         if not isinstance(obj, type) or obj.__module__ != layers_module.__name__:
             continue
+        forward = obj.__dict__.get("forward")
+        if issubclass(obj, BaseLinearLayerWithLoRA) and forward is not None and not getattr(forward, _MARKS, False):
+            lean = lean_forward(forward)
+            setattr(lean, _MARKS, True)
+            type.__setattr__(obj, "forward", lean)
         for name in ("create_lora_weights", "set_mapping", "set_lora", "reset_lora"):
             method = obj.__dict__.get(name)
             if method is not None and not getattr(method, _MARKS, False):
