@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import MutableMapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,14 @@ def engine_env(settings: Settings) -> dict[str, str]:
         return {}
     return {"OMP_NUM_THREADS": str(cpu_threads(settings)),
             "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(settings.onednn_primitive_cache)}
+
+
+def apply_engine_env(settings: Settings, environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Put :func:`engine_env` into ``environ`` (read by the engine process when it starts) where the key is not
+    set yet: a value the user exported wins. Returns the values the engine will read."""
+    for key, value in engine_env(settings).items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in engine_env(settings)}
 
 
 def cli_flags(kwargs: dict[str, Any]) -> list[str]:

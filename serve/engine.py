@@ -147,11 +147,9 @@ class VLLMEngine:
         from transformers import AutoTokenizer
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from loradock.core.engine_args import engine_env
+        from loradock.core.engine_args import apply_engine_env
 
-        # Read by the spawned engine process (on CPU: its torch threads); a value the user set wins.
-        for key, value in engine_env(self.settings).items():
-            os.environ.setdefault(key, value)
+        apply_engine_env(self.settings, os.environ)  # read by the spawned engine process; a value the user set wins
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.settings.base_model))
         # Built in a worker thread so /health can answer 503 while the engine starts (about 30 s on CPU).
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self.engine_args())

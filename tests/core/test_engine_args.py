@@ -21,6 +21,14 @@ def test_cpu_engine_env_bounds_the_onednn_primitive_cache(cpu) -> None:
     assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
 
 
+def test_a_value_the_user_exported_wins(cpu) -> None:
+    settings = Settings(base_model=BASE_MODEL, cpu_threads=3)
+    environ = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin"}
+    applied = engine_args.apply_engine_env(settings, environ)
+    assert applied == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+    assert environ == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin", "OMP_NUM_THREADS": "3"}
+
+
 def test_gpu_engine_env_is_vllms_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_args, "on_gpu", lambda: True)
     assert engine_args.engine_env(Settings(base_model=BASE_MODEL)) == {}
