@@ -144,18 +144,23 @@ def repack_slots(packed: PackedLoRA, lora_a: tuple[torch.Tensor, ...], lora_b: t
 def lora_linear(y: torch.Tensor, x: torch.Tensor, packed: PackedLoRA, scale: float, plan: SegmentPlan) -> None:
     """``y[i, slice] += scale * x[i] @ A.T @ B.T`` for every slice, with the adapter of row i's slot.
 
-    ``y`` is (rows, sum(output_slices)) and ``x`` is (rows, in); both follow ``plan``'s rows.
+    ``y`` is (rows, sum(output_slices)) and ``x`` is (rows, in); both follow ``plan``'s rows. The sums are
+    added in place (``add_`` on a view: ``y[:, :w] += t`` would also write the view back into ``y``).
     """
-    if not any(packed.row_of[slot] for slot in plan.slots):  # row 0: no delta in this layer (see ``live``)
+    row_of = packed.row_of
+    target = y if packed.width == y.shape[1] else y[:, : packed.width]
+    if plan.single:  # every row uses the same adapter (one stream, or one adapter's batch)
+        row = row_of[plan.slots[0]]
+        if row:  # row 0: no delta in this layer (see ``live``)
+            h = torch.mm(x.float(), packed.a_t[row])
+            if scale != 1.0:
+                h.mul_(scale)
+            target.add_(torch.mm(h, packed.b_t[row]))
+        return
+    if not any(row_of[slot] for slot in plan.slots):
         return
     a_t, b_t = packed.weights_for(plan)
-    if len(plan.segments) == 1 and plan.src_rows is None and plan.no_adapter is None:
-        h = torch.mm(x.float(), a_t[0])  # every row uses the same adapter (one stream, or one adapter's batch)
-        if scale != 1.0:
-            h.mul_(scale)
-        y[:, : packed.width] += torch.mm(h, b_t[0])
-        return
     h = matmul(gather_in(x, plan, torch.float32), a_t, plan)
     if scale != 1.0:
         h.mul_(scale)
-    y[:, : packed.width] += gather_out(matmul(h, b_t, plan), plan)
+    target.add_(gather_out(matmul(h, b_t, plan), plan))

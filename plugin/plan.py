@@ -36,11 +36,8 @@ class SegmentPlan:
     src_rows: torch.Tensor | None  # row of x at each kernel position (None: all rows, in order)
     out_index: torch.Tensor | None  # kernel position of each row (None: identity)
     no_adapter: torch.Tensor | None  # (num_rows, 1) bool, rows without an adapter (None: there are none)
-
-    @property
-    def slots(self) -> tuple[int, ...]:
-        """The slots in use, ascending."""
-        return tuple(slot for slot, _, _ in self.segments)
+    slots: tuple[int, ...] = ()  # the slots in use, ascending (one per segment)
+    single: bool = False  # one segment over all rows, in order: one adapter for the whole step
 
     def fits(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """Whether this plan's rows are ``x``'s and ``y``'s rows (else the caller falls back to vLLM's ops)."""
@@ -74,7 +71,10 @@ def _make_plan(num_rows: int, rows: torch.Tensor, segments: list[tuple[int, int,
     if rows.numel() < num_rows:
         no_adapter = torch.ones(num_rows, 1, dtype=torch.bool)
         no_adapter[rows] = False
+    single = len(segments) == 1 and identity and no_adapter is None
     return SegmentPlan(
+        slots=tuple(slot_ids),
+        single=single,
         num_rows=num_rows,
         segments=tuple(segments),
         batched=batched,

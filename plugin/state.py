@@ -12,6 +12,7 @@ checked against the tensors' version counters, so a write nobody announced is st
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -32,8 +33,11 @@ def layer_key(w: Weights) -> int:
     return int(_tensors(w)[0].data_ptr())
 
 
+_version = operator.attrgetter("_version")
+
+
 def _versions(*groups: Weights) -> tuple[int, ...]:
-    return tuple(t._version for g in groups for t in _tensors(g))
+    return tuple(map(_version, (t for g in groups for t in _tensors(g))))
 
 
 @dataclass
@@ -94,10 +98,11 @@ class LoRAState:
     def packed(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
                output_slices: tuple[int, ...]) -> packed.PackedLoRA:
         """The layer's packed weights, repacked where vLLM rewrote slots since the last call."""
-        key, versions = layer_key(lora_a), _versions(lora_a, lora_b)
+        key = lora_a[0].data_ptr()
         entry = self._packed.get(key)
-        if entry is not None and entry.versions == versions:
+        if entry is not None and tuple(map(_version, entry.tensors)) == entry.versions:
             return entry.value
+        versions = _versions(lora_a, lora_b)
         dirty = self._dirty.pop(key, set())
         value = None
         if entry is not None and dirty:
