@@ -55,9 +55,10 @@ def lean_forward(method: Any) -> Any:
                 or plan.num_rows != input_.numel() // input_.shape[-1]):
             return method(self, input_)
         out = self._modules["base_layer"].forward(input_)  # vLLM's wrapper skips the base layer's hooks too
-        if plan.segments:
+        weights = state.step_weights(self.lora_a_stacked, self.lora_b_stacked, self.output_slices) \
+            if plan.segments else None
+        if weights is not None:  # some row of the step has an adapter with a delta in this layer
             y = out[0] if isinstance(out, tuple) else out
-            weights = state.packed(self.lora_a_stacked, self.lora_b_stacked, self.output_slices)
             packed.lora_linear(y.view(-1, y.shape[-1]), input_.reshape(-1, input_.shape[-1]), weights, 1.0, plan)
         return out
 

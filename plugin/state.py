@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 import torch
 
 from loradock.plugin import ops, packed
+from loradock.plugin.packed import PackedLoRA
 from loradock.plugin.plan import SegmentPlan, plan_segments
 
 Weights: TypeAlias = "torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]"
@@ -58,11 +59,15 @@ class LoRAState:
     _dirty: dict[int, set[int]] = field(default_factory=dict)  # slots rewritten since the layer was packed
     _written: dict[int, set[int]] = field(default_factory=dict)  # per tracked tensor: slots set since reset
     _tracked: dict[int, torch.Tensor] = field(default_factory=dict)
+    # Per layer (its lora_a tuple's id): (that tuple, its packed weights, or None when no slot of the current
+    # plan has a delta there). Valid while the plan stands and no slot is written; see :meth:`step_weights`.
+    _step: dict[int, tuple[Any, PackedLoRA | None]] = field(default_factory=dict)
 
     def update(self, token_indices: torch.Tensor, sampler_indices: torch.Tensor) -> None:
         """Group this step's rows by slot (vLLM calls this when the mapping changes, outside the forward)."""
         self.token_plan = plan_segments(token_indices)
         self.sampler_plan = plan_segments(sampler_indices)
+        self._step.clear()
 
     def track(self, *groups: Weights) -> None:
         """Start tracking writes to these (all-zero) tensors: only slots ``set_lora`` writes are read later."""
@@ -89,6 +94,7 @@ class LoRAState:
         self._mark(lora_a, lora_b, index, written=False)
 
     def _mark(self, lora_a: Weights, lora_b: Weights, index: int, written: bool) -> None:
+        self._step.clear()
         self._dirty.setdefault(layer_key(lora_a), set()).add(int(index))
         for t in (*_tensors(lora_a), *_tensors(lora_b)):
             slots = self._written.get(layer_key(t))
@@ -110,6 +116,24 @@ class LoRAState:
         if value is None:
             value = packed.pack(lora_a, lora_b, output_slices, self._candidates(lora_a, lora_b, entry, dirty))
         self._packed[key] = _Entry((*lora_a, *lora_b), versions, value)
+        return value
+
+    def step_weights(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
+                     output_slices: tuple[int, ...]) -> PackedLoRA | None:
+        """:meth:`packed` for the current token plan, or None when none of its slots has a delta in this layer.
+
+        Looked up once per layer and plan: every decode step of the same requests reuses the plan (vLLM updates
+        the mapping only when it changes), so such a step costs each layer one dict lookup. A slot written
+        through ``set_lora`` / ``reset_lora`` (how vLLM writes them) clears these lookups; a write nobody
+        announced is seen by :meth:`packed`'s version check from the next plan on.
+        """
+        hit = self._step.get(id(lora_a))
+        if hit is not None and hit[0] is lora_a:
+            return hit[1]
+        plan = self.token_plan
+        found = self.packed(lora_a, lora_b, output_slices)
+        value = found if plan is not None and any(found.row_of[slot] for slot in plan.slots) else None
+        self._step[id(lora_a)] = (lora_a, value)
         return value
 
     def _candidates(self, lora_a: Weights, lora_b: Weights, entry: _Entry | None,

@@ -119,3 +119,31 @@ def test_lean_forward_hands_other_cases_to_vllm(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(type(layer.punica_wrapper), "add_lora_linear", lambda *a, **k: calls.append(1) or add(*a, **k))
     layer.forward(torch.randn(2, 16, generator=gen))
     assert calls == [1]
+
+
+def test_a_steady_plan_costs_each_layer_one_lookup_and_slot_writes_are_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode steps reuse the plan: the layer's packed weights are looked up once per plan; a slot write
+    announced the way vLLM writes (set_lora -> mark_set) is seen by the very next step."""
+    gen = torch.Generator().manual_seed(3)
+    layer = _layer(column_parallel_linear.QKVParallelLinearWithLoRA, [2, 2], gen, SLICES)
+    state = lora_ops.state_of(layer.punica_wrapper)
+    x = torch.randn(2, 16, generator=gen)
+    first = layer.forward(x)[0]
+    packs: list[int] = []
+    real = state.packed
+    monkeypatch.setattr(state, "packed", lambda *a: packs.append(1) or real(*a))
+    assert torch.equal(layer.forward(x)[0], first) and packs == []
+    layer.lora_b_stacked[0][1].mul_(2)  # slot 1 holds the adapter of id 2
+    state.mark_set(layer.lora_a_stacked, layer.lora_b_stacked, 1)
+    stock, lean, _ = _both(layer, x, monkeypatch)
+    assert torch.equal(stock, lean) and not torch.equal(lean, first)
+
+
+def test_a_layer_without_a_delta_for_the_steps_adapter_adds_nothing() -> None:
+    gen = torch.Generator().manual_seed(4)
+    layer = _layer(row_parallel_linear.RowParallelLinearWithLoRA, [4], gen, (48,))
+    layer.lora_b_stacked[0][3].zero_()  # id 4's slot: no delta in this layer (a q/v adapter in o_proj)
+    x = torch.randn(1, 16, generator=gen)
+    assert torch.equal(layer.forward(x)[0], layer.base_layer(x)[0])
+    assert lora_ops.state_of(layer.punica_wrapper).step_weights(layer.lora_a_stacked, layer.lora_b_stacked,
+                                                                 (48,)) is None
