@@ -35,6 +35,7 @@ INPROC_EXECUTOR = "vllm.v1.executor.uniproc_executor.UniProcExecutor"
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _KV_BLOCK = 128  # vLLM's CPU block size, in tokens
+_SHARE_CORES_UP_TO = 2  # up to this many cores the engine uses them all (measured on 2; see cpu_threads)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -88,9 +89,15 @@ def kv_cache_bytes(settings: Settings, dtype: str) -> int:
     return tokens * kv_bytes_per_token(settings.base_model, dtype)
 
 
-def cpu_threads(settings: Settings) -> int:
-    """Torch threads for the CPU engine: ``cpu_threads``, else every core this process may use but one."""
-    return settings.cpu_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+def cpu_threads(settings: Settings, cores: int | None = None) -> int:
+    """Torch threads for the CPU engine: ``cpu_threads``, else every core this process may use, but one above
+    ``_SHARE_CORES_UP_TO`` cores (left to the API process, as vLLM's CPU guide advises for larger machines).
+
+    On 2 cores the API process is idle 97% of a stream (docs/performance.md, per-token split), and `loradock
+    bench` measured 2 threads against 1, alternated A/B/A: base 547 vs 460-478 tok/s at 32 streams, mixed 331 vs
+    307-321, one adapter stream 47.3 vs 43.1-46.6."""
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return settings.cpu_threads or (cores if cores <= _SHARE_CORES_UP_TO else cores - 1)
 
 
 def engine_kwargs(settings: Settings, *, enable_lora: bool | None = None, **overrides: Any) -> dict[str, Any]:

@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     enforce_eager: bool = Field(False, description="Disable compilation/graphs in vLLM.")
     enable_lora: bool = Field(True, description="Serve adapters (false: the base only, for measuring what LoRA "
                               "support costs).")
-    cpu_threads: int | None = Field(None, description="Torch threads of the CPU engine. Default: all cores but one "
-                                    "(left to the API process), at least 1.")
+    cpu_threads: int | None = Field(None, description="Torch threads of the CPU engine. Default: every core on "
+                                    "a machine of up to 2 cores, else all cores but one (left to the API process).")
     onednn_primitive_cache: int = Field(64, ge=0, description="oneDNN primitives the CPU engine keeps (its "
                                         "ONEDNN_PRIMITIVE_CACHE_CAPACITY; oneDNN's own default, 1024, holds "
                                         "~300 MB more once varied batch shapes fill it).")

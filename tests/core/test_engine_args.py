@@ -21,6 +21,12 @@ def test_cpu_engine_env_bounds_the_onednn_primitive_cache(cpu) -> None:
     assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
 
 
+def test_cpu_threads_default_uses_both_cores_of_a_small_machine_and_leaves_one_on_larger_ones() -> None:
+    settings = Settings(base_model=BASE_MODEL)
+    assert [engine_args.cpu_threads(settings, cores) for cores in (1, 2, 3, 16)] == [1, 2, 2, 15]
+    assert engine_args.cpu_threads(Settings(base_model=BASE_MODEL, cpu_threads=5), 2) == 5
+
+
 def test_a_value_the_user_exported_wins(cpu) -> None:
     settings = Settings(base_model=BASE_MODEL, cpu_threads=3)
     environ = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin"}
