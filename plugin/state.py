@@ -7,7 +7,8 @@ slots, and which slots each layer's ``set_lora`` wrote since their last reset (t
 never read: see :mod:`loradock.plugin.slots`). Layers and tensors are keyed by the address of their
 (first) stacked tensor, stable because vLLM writes in place and keeps the tensors for the engine's life; the
 cached values hold references to those tensors, so an address cannot be reused. Each cached value is also
-checked against the tensors' version counters, so a write nobody announced is still seen.
+checked against the tensors' version counters, so a write nobody announced is still seen (on the lean
+forward's path from the next step plan on: :meth:`LoRAState.step_weights`).
 """
 
 from __future__ import annotations
