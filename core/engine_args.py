@@ -142,9 +142,7 @@ def engine_env(settings: Settings) -> dict[str, str]:
 def apply_engine_env(settings: Settings, environ: MutableMapping[str, str]) -> dict[str, str]:
     """Put :func:`engine_env` into ``environ`` (read by the engine process when it starts) where the key is not
     set yet: a value the user exported wins. Returns the values the engine will read."""
-    for key, value in engine_env(settings).items():
-        environ.setdefault(key, value)
-    return {key: environ[key] for key in engine_env(settings)}
+    return {key: environ.setdefault(key, value) for key, value in engine_env(settings).items()}
 
 
 def cli_flags(kwargs: dict[str, Any]) -> list[str]:

@@ -105,9 +105,9 @@ class LoRAState:
     def packed(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
                output_slices: tuple[int, ...]) -> packed.PackedLoRA:
         """The layer's packed weights, repacked where vLLM rewrote slots since the last call."""
-        key = lora_a[0].data_ptr()
+        key = layer_key(lora_a)
         entry = self._packed.get(key)
-        if entry is not None and tuple(map(_version, entry.tensors)) == entry.versions:
+        if entry is not None and _versions(entry.tensors) == entry.versions:
             return entry.value
         versions = _versions(lora_a, lora_b)
         dirty = self._dirty.pop(key, set())

@@ -39,6 +39,14 @@ def parse_model(model: str) -> tuple[str, int | None]:
     return name, int(version) if sep else None
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this code, or None in a blocking call outside the server."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class AdapterRegistry:
     """Servable adapters by name, each version with a stable engine id, refcounted while requests use it."""
 
@@ -99,10 +107,9 @@ class AdapterRegistry:
                     old.current.label == view.current.label:
                 continue
             replaced = self._open.get(old.current.label)
-            if replaced is not None and replaced.added and view.current.label not in self._open:
-                with suppress(RuntimeError):  # no running loop: a blocking scan outside the server
-                    asyncio.get_running_loop()
-                    self._spawn(self._warm(view.current))
+            if replaced is not None and replaced.added and view.current.label not in self._open \
+                    and _running_loop() is not None:  # else a blocking scan outside the server
+                self._spawn(self._warm(view.current))
 
     async def _warm(self, record: VersionRecord) -> None:
         try:
@@ -277,9 +284,8 @@ class AdapterRegistry:
         been idle for ``retire_idle_s`` (so requests pinning an old version do not load and unload it each)."""
         if opened.in_flight or not self._is_open(opened) or self.is_current(opened.record):
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = _running_loop()
+        if loop is None:
             return  # a blocking scan outside the server: the next sync decides
         wait = self.retire_idle_s - (time.monotonic() - opened.last_used)
         if opened.timer is not None:
