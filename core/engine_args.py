@@ -9,9 +9,10 @@ On a CPU the defaults differ from vLLM's own (each measured on the 2-core dev ma
 - dtype ``auto`` is bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32 (logged);
 - the model runs inside the engine-core process (vLLM's uni-process executor) with ``cpu_threads`` torch
   threads, instead of a third worker process: one process less (~0.9 GB RSS) and no busy-waiting scheduler;
-- vLLM's C++ CPU kernels are on (``custom_ops: all``; with LoRA vLLM turns compilation off and, before this,
-  ran RMSNorm/rotary/SiLU as Python-level torch ops) and compilation stays off with or without LoRA, so the
-  LoRA-disabled comparison engine runs the same code;
+- vLLM's CPU compilation (torch.compile with inductor) is on with LoRA too: vLLM turns it off whenever LoRA is
+  enabled, loradock's plugin keeps it on with each layer's LoRA delta as a custom op in the graph
+  (``loradock.plugin.compiled``); ``enforce_eager`` turns it off for both the LoRA and the LoRA-disabled
+  engine, so the two always run the same code. vLLM's C++ CPU kernels stay on (``custom_ops: all``);
 - the KV cache is sized from ``max_num_seqs x kv_tokens_per_seq`` rather than a fixed 1 GiB.
 """
 
@@ -100,6 +101,16 @@ def cpu_threads(settings: Settings, cores: int | None = None) -> int:
     return settings.cpu_threads or (cores if cores <= _SHARE_CORES_UP_TO else cores - 1)
 
 
+def cpu_compilation(eager: bool) -> dict[str, Any]:
+    """vLLM's ``compilation_config`` on CPU: mode 3 (vLLM turns it into one Dynamo trace compiled by inductor),
+    or 0 (eager). Inductor rounds to bfloat16 where the eager model does (``emulate_precision_casts``): without
+    it the compiled engine keeps float32 between fused ops and its greedy tokens drift from PEFT's in bf16
+    from the first token on (tests/serve/test_parity.py)."""
+    if eager:
+        return {"mode": 0, "custom_ops": ["all"]}
+    return {"mode": 3, "custom_ops": ["all"], "inductor_compile_config": {"emulate_precision_casts": True}}
+
+
 def engine_kwargs(settings: Settings, *, enable_lora: bool | None = None, **overrides: Any) -> dict[str, Any]:
     """vLLM engine arguments for ``settings``; ``overrides`` replace single keys (e.g. ``dtype="auto"``)."""
     s = settings
@@ -119,7 +130,7 @@ def engine_kwargs(settings: Settings, *, enable_lora: bool | None = None, **over
     if not on_gpu():
         kwargs.update(
             kv_cache_memory_bytes=kv_cache_bytes(s, dtype if dtype != "auto" else "bfloat16"),
-            compilation_config={"mode": 0, "custom_ops": ["all"]},  # mode 0: no torch.compile
+            compilation_config=cpu_compilation(s.enforce_eager),
         )
         if s.tensor_parallel_size * s.pipeline_parallel_size == 1:
             kwargs["distributed_executor_backend"] = INPROC_EXECUTOR

@@ -12,6 +12,7 @@ that vLLM's wrapper calls) and, when the step has adapter rows, adds the packed 
 in the same order, without the wrapper's Python. It hands the call to vLLM's forward whenever one of its
 assumptions does not hold: tensor parallelism, a class that changes how the base output or the delta is
 computed (vLLM's fully sharded variants override ``apply``), a dual-stream layer, or no plan for these rows.
+In a compiled engine (:mod:`loradock.plugin.compiled`) the same delta runs inside the layer's custom op.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from loradock.plugin import packed
 
 STATE_ATTR = "_loradock_state"  # the punica wrapper's LoRAState (see register.state_of)
+OP_NAME_ATTR = "_loradock_op_name"  # a layer whose delta runs as an op in a compiled graph (plugin/compiled.py)
 
 
 @functools.cache
@@ -41,25 +43,42 @@ def _plain(cls: type) -> bool:
             and getattr(cls, "_apply_lora_to_output", None) is BaseLinearLayerWithLoRA._apply_lora_to_output)
 
 
+def plain_linear(layer: Any) -> bool:
+    """Whether this layer's output is its base layer's forward plus the delta (see :func:`_plain`), on one
+    process of tensor parallelism and without a dual stream."""
+    d = layer.__dict__
+    return d.get("tp_size") == 1 and not d.get("_enable_aux_cuda_stream") and _plain(layer.__class__)
+
+
 def lean_forward(method: Any) -> Any:
-    """``forward`` of a linear LoRA layer class: base forward + packed delta, else vLLM's ``method``."""
+    """``forward`` of a linear LoRA layer class: base forward + packed delta, else vLLM's ``method``. In a
+    compiled engine the delta is the layer's op (the graph then holds no loradock Python)."""
 
     @functools.wraps(method)
     def forward(self: Any, input_: torch.Tensor) -> Any:
         d = self.__dict__
+        op_name = d.get(OP_NAME_ATTR)
+        if op_name is not None:
+            out = self._modules["base_layer"].forward(input_)
+            torch.ops.loradock.linear_delta(out[0] if isinstance(out, tuple) else out, input_, op_name)
+            return out
         wrapper = d.get("punica_wrapper")
         state = None if wrapper is None else wrapper.__dict__.get(STATE_ATTR)
         plan = None if state is None else state.token_plan
-        if (state is None or plan is None or d.get("tp_size") != 1 or d.get("_enable_aux_cuda_stream")
-                or not _plain(self.__class__) or input_.dim() not in (2, 3)
+        if (state is None or plan is None or not plain_linear(self) or input_.dim() not in (2, 3)
                 or plan.num_rows != input_.numel() // input_.shape[-1]):
             return method(self, input_)
         out = self._modules["base_layer"].forward(input_)  # vLLM's wrapper skips the base layer's hooks too
-        weights = state.step_weights(self.lora_a_stacked, self.lora_b_stacked, self.output_slices) \
-            if plan.segments else None
-        if weights is not None:  # some row of the step has an adapter with a delta in this layer
-            y = out[0] if isinstance(out, tuple) else out
-            packed.lora_linear(y.view(-1, y.shape[-1]), input_.reshape(-1, input_.shape[-1]), weights, 1.0, plan)
+        add_delta(self, state, plan, out[0] if isinstance(out, tuple) else out, input_)
         return out
 
     return forward
+
+
+def add_delta(layer: Any, state: Any, plan: Any, y: torch.Tensor, x: torch.Tensor) -> None:
+    """``y += delta(x)`` with the packed weights of the plan's slots (nothing when no row of the step has an
+    adapter with a delta in this layer); ``plan`` covers ``x``'s rows."""
+    weights = state.step_weights(layer.lora_a_stacked, layer.lora_b_stacked, layer.output_slices) \
+        if plan.segments else None
+    if weights is not None:
+        packed.lora_linear(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), weights, 1.0, plan)

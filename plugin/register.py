@@ -15,7 +15,8 @@ vLLM's LoRA layers are patched too (:func:`patch_lora_layers`): their stacked we
 (:mod:`loradock.plugin.slots`), their ``set_lora`` / ``reset_lora`` tell the wrapper's state which slot
 they rewrote (loading one adapter repacks one slot, and only written slots are ever read), and a
 ``reset_lora`` of a slot nothing wrote is skipped; the linear layers' ``forward`` runs the base layer and the
-packed delta without vLLM's per-layer wrapper code (:mod:`loradock.plugin.forward`).
+packed delta without vLLM's per-layer wrapper code (:mod:`loradock.plugin.forward`). vLLM's CPU compilation
+stays on with LoRA: each layer's delta is a custom op in the graph (:mod:`loradock.plugin.compiled`).
 ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU wrapper is patched; GPU builds use their own
 Triton kernels and are unaffected.
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from loradock.plugin import ops, packed, slots
+from loradock.plugin import compiled, ops, packed, slots
 from loradock.plugin.forward import STATE_ATTR, lean_forward
 from loradock.plugin.state import LoRAState
 
@@ -210,19 +211,38 @@ def patch_lora_layers(layers_module: Any) -> None:
     the wrapper's state (``set_mapping``), marks of every slot write (``set_lora`` / ``reset_lora``), and the
     linear layers' ``forward`` without vLLM's wrapper code (:mod:`loradock.plugin.forward`)."""
     from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+    from vllm.lora.layers.vocab_parallel_embedding import VocabParallelEmbeddingWithLoRA
 
     for obj in vars(layers_module).values():
         if not isinstance(obj, type) or obj.__module__ != layers_module.__name__:
             continue
         forward = obj.__dict__.get("forward")
-        if issubclass(obj, BaseLinearLayerWithLoRA) and forward is not None and not getattr(forward, _MARKS, False):
-            lean = lean_forward(forward)
+        if forward is not None and not getattr(forward, _MARKS, False) \
+                and issubclass(obj, (BaseLinearLayerWithLoRA, VocabParallelEmbeddingWithLoRA)):
+            lean = (lean_forward if issubclass(obj, BaseLinearLayerWithLoRA) else compiled.embedding_forward)(forward)
             setattr(lean, _MARKS, True)
             type.__setattr__(obj, "forward", lean)
         for name in ("create_lora_weights", "set_mapping", "set_lora", "reset_lora"):
             method = obj.__dict__.get(name)
             if method is not None and not getattr(method, _MARKS, False):
                 setattr(obj, name, _wrap(name, method))
+
+
+def patch_layer_creation(manager_cls: Any) -> None:
+    """After vLLM wraps the model's layers for LoRA (``_create_lora_modules``), name them for their ops in a
+    compiled engine (:func:`loradock.plugin.compiled.name_layers`)."""
+    method = manager_cls.__dict__.get("_create_lora_modules")
+    if method is None or getattr(method, _MARKS, False):
+        return
+
+    @functools.wraps(method)
+    def _create_lora_modules(self: Any) -> Any:
+        out = method(self)
+        compiled.name_layers(self.model)
+        return out
+
+    setattr(_create_lora_modules, _MARKS, True)
+    manager_cls._create_lora_modules = _create_lora_modules
 
 
 def patch_adapter_removal(manager_cls: Any) -> None:
@@ -254,4 +274,7 @@ def register() -> None:
         patch_punica_wrapper(punica_cpu.PunicaWrapperCPU)
         for module in LAYER_MODULES:
             patch_lora_layers(importlib.import_module(module))
-        patch_adapter_removal(importlib.import_module("vllm.lora.model_manager").LoRAModelManager)
+        manager = importlib.import_module("vllm.lora.model_manager").LoRAModelManager
+        patch_adapter_removal(manager)
+        patch_layer_creation(manager)
+        compiled.keep_compilation(importlib.import_module("vllm.platforms.cpu").CpuPlatform)

@@ -5,18 +5,22 @@ Runs vLLM with loradock's plugin and engine arguments in this process (no HTTP),
 
     flock /tmp/loradock-engine.lock .venv/bin/python scripts/inprocess_ab.py forward
     flock /tmp/loradock-engine.lock .venv/bin/python scripts/inprocess_ab.py delta
-    flock /tmp/loradock-engine.lock .venv/bin/python scripts/inprocess_ab.py compile
+    flock /tmp/loradock-engine.lock .venv/bin/python scripts/inprocess_ab.py compile --pairs 2 --rounds 3
 
 - ``forward``: vLLM's LoRA linear forward against loradock's lean one, switched in one engine (and the tokens
   of both checked equal);
 - ``delta``: one stream's model time per step for the base, the all-linear ``concise`` adapter, and ``concise``
   with its LoRA matmuls skipped;
-- ``compile``: LoRA disabled, vLLM's CPU compilation off (loradock's setting) and on, one engine process each.
+- ``compile``: eager (``enforce_eager``) against compiled (loradock's default: vLLM's CPU compilation with
+  loradock's LoRA ops in the graph), one engine process each, alternated: one stream of the base, ``concise``
+  and ``pirate``, 32 base streams, 32 streams over four adapters, and how many greedy tokens agree
+  (``--no-lora``: the base on a LoRA-disabled engine).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -26,15 +30,17 @@ from typing import Any
 PROMPT = "Write one sentence about the sea."
 
 
-def _engine(enable_lora: bool, **overrides: Any) -> Any:
-    from loradock.core.engine_args import engine_env, engine_kwargs
+def _engine(enable_lora: bool, eager: bool = True, **overrides: Any) -> Any:
+    """An in-process engine with loradock's arguments; eager by default (a compiled graph would ignore the
+    forwards the comparisons switch)."""
+    from loradock.core.engine_args import cpu_compilation, engine_env, engine_kwargs
     from loradock.core.settings import load_settings
 
     settings = load_settings()
     os.environ.update(engine_env(settings), VLLM_ENABLE_V1_MULTIPROCESSING="0")
     from vllm import LLM
 
-    kwargs = engine_kwargs(settings, enable_lora=enable_lora, **overrides)
+    kwargs = engine_kwargs(settings, enable_lora=enable_lora, compilation_config=cpu_compilation(eager), **overrides)
     kwargs.pop("distributed_executor_backend", None)  # one process: vLLM's default in-process executor
     return LLM(**kwargs)
 
@@ -126,31 +132,56 @@ def delta(rounds: int) -> None:
         print(f"{name:26s} model forward p50 {ms:.2f} ms per step (best of {rounds})")
 
 
-def compile_ab(rounds: int, mode: int | None) -> None:
-    """LoRA disabled, vLLM's CPU compilation off (loradock's setting) and on (mode 3), one engine process each."""
+def compile_ab(pairs: int, rounds: int, lora: bool, mode: int | None) -> None:
+    """Eager against compiled (loradock's default: vLLM's CPU compilation with the LoRA ops in the graph), one
+    engine process per side, started in turn ``pairs`` times; the greedy tokens of the last pair compared."""
     if mode is None:
-        for m in (0, 3):
-            subprocess.run([sys.executable, __file__, "compile", "--mode", str(m), "--rounds", str(rounds)],
-                           check=True)
+        runs: dict[int, list[dict[str, Any]]] = {0: [], 3: []}
+        for _ in range(pairs):
+            for m in (0, 3):
+                out = subprocess.run([sys.executable, __file__, "compile", "--mode", str(m), "--rounds",
+                                      str(rounds), *([] if lora else ["--no-lora"])],
+                                     check=True, capture_output=True, text=True).stdout
+                runs[m].append(json.loads(out.split("RESULT ", 1)[1]))
+        for name in runs[0][0]["tok_s"]:
+            eager, compiled = ([r["tok_s"][name] for r in runs[m]] for m in (0, 3))
+            a, b = runs[0][-1]["tokens"][name], runs[3][-1]["tokens"][name]
+            same = sum(p == q for p, q in zip(a, b, strict=True))
+            print(f"{name:10s} eager {' / '.join(f'{t:.1f}' for t in eager)} tok/s, compiled "
+                  f"{' / '.join(f'{t:.1f}' for t in compiled)}; {same} of {len(a)} greedy tokens equal")
+        print("start-up   eager " + " / ".join(f"{r['start_s']:.0f}" for r in runs[0]) + " s, compiled "
+              + " / ".join(f"{r['start_s']:.0f}" for r in runs[3]) + " s")
         return
     start = time.perf_counter()
-    llm = _engine(False, compilation_config={"mode": mode, "custom_ops": ["all"]})
+    llm = _engine(lora, eager=mode == 0)
     up = time.perf_counter() - start
-    _run(llm, [PROMPT] * 32, 48)
-    batch = max(_run(llm, [PROMPT] * 32, 48)[0] for _ in range(rounds))
-    one, ids = max(_run(llm, [PROMPT], 128) for _ in range(rounds))
-    print(f"mode {mode}: start-up {up:.0f} s, 32 streams {batch:.0f} tok/s, one stream {one:.1f} tok/s, "
-          f"first tokens {ids[0][:12]}", flush=True)
+    prompts = [f"{PROMPT} ({i})" for i in range(32)]
+    cases: dict[str, tuple[list[str], int, Any]] = {"base": ([PROMPT], 128, None), "base x32": (prompts, 48, None)}
+    if lora:
+        adapters = [_adapter(n, i + 1) for i, n in enumerate(("concise", "pirate", "json-answer", "zephyr-faq"))]
+        cases.update({"concise": ([PROMPT], 128, adapters[0]), "pirate": ([PROMPT], 128, adapters[1]),
+                      "mixed x32": (prompts, 48, [adapters[i % 4] for i in range(32)])})
+    for batch, _, adapter in cases.values():
+        _run(llm, batch, 16, adapter)
+    best: dict[str, float] = {}
+    tokens: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        for name, args in cases.items():
+            tps, ids = _run(llm, *args)
+            best[name], tokens[name] = max(best.get(name, 0.0), tps), [t for seq in ids for t in seq]
+    print("RESULT " + json.dumps({"start_s": up, "tok_s": best, "tokens": tokens}), flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("comparison", choices=("forward", "delta", "compile"))
     ap.add_argument("--rounds", type=int, default=4, help="alternations (best of each side is kept)")
-    ap.add_argument("--mode", type=int, choices=(0, 3), help="compile: run only this compilation mode")
+    ap.add_argument("--pairs", type=int, default=2, help="compile: eager/compiled engines started in turn")
+    ap.add_argument("--no-lora", action="store_true", help="compile: LoRA disabled (the base only)")
+    ap.add_argument("--mode", type=int, choices=(0, 3), help=argparse.SUPPRESS)  # one side, in a subprocess
     args = ap.parse_args()
     if args.comparison == "compile":
-        compile_ab(args.rounds, args.mode)
+        compile_ab(args.pairs, args.rounds, not args.no_lora, args.mode)
     else:
         {"forward": forward, "delta": delta}[args.comparison](args.rounds)
     return 0
