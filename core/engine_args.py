@@ -9,10 +9,10 @@ On a CPU the defaults differ from vLLM's own (each measured on the 2-core dev ma
 - dtype ``auto`` is bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32 (logged);
 - the model runs inside the engine-core process (vLLM's uni-process executor) with ``cpu_threads`` torch
   threads, instead of a third worker process: one process less (~0.9 GB RSS) and no busy-waiting scheduler;
-- vLLM's CPU compilation (torch.compile with inductor) is on with LoRA too: vLLM turns it off whenever LoRA is
-  enabled, loradock's plugin keeps it on with each layer's LoRA delta as a custom op in the graph
-  (``loradock.plugin.compiled``); ``enforce_eager`` turns it off for both the LoRA and the LoRA-disabled
-  engine, so the two always run the same code. vLLM's C++ CPU kernels stay on (``custom_ops: all``);
+- compilation is off with or without LoRA, so the LoRA-disabled comparison engine runs the same code (vLLM
+  turns it off whenever LoRA is enabled; ``compile`` keeps it on with loradock's LoRA ops in the graph,
+  ``loradock.plugin.compiled``: faster in one process, slower served, docs/performance.md). vLLM's C++ CPU
+  kernels are on (``custom_ops: all``);
 - the KV cache is sized from ``max_num_seqs x kv_tokens_per_seq`` rather than a fixed 1 GiB.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import MutableMapping
 from functools import cache
 from pathlib import Path
@@ -101,11 +102,20 @@ def cpu_threads(settings: Settings, cores: int | None = None) -> int:
     return settings.cpu_threads or (cores if cores <= _SHARE_CORES_UP_TO else cores - 1)
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would build the CPU kernels with (``CXX``, else g++ / c++ / clang++)."""
+    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
+
+
 def cpu_compilation(eager: bool) -> dict[str, Any]:
     """vLLM's ``compilation_config`` on CPU: mode 3 (vLLM turns it into one Dynamo trace compiled by inductor),
-    or 0 (eager). Inductor rounds to bfloat16 where the eager model does (``emulate_precision_casts``): without
-    it the compiled engine keeps float32 between fused ops and its greedy tokens drift from PEFT's in bf16
-    from the first token on (tests/serve/test_parity.py)."""
+    or 0 (eager; also without a C++ compiler, logged). Inductor rounds to bfloat16 where the eager model does
+    (``emulate_precision_casts``): without it the compiled engine keeps float32 between fused ops and its
+    greedy tokens drift from PEFT's in bf16 from the first token on (tests/serve/test_parity.py)."""
+    if not eager and cxx_compiler() is None:
+        log.warning("no C++ compiler (g++, c++, clang++ or $CXX) for vLLM's CPU compilation: the model runs "
+                    "eagerly (slower decoding); install g++ to compile it")
+        eager = True
     if eager:
         return {"mode": 0, "custom_ops": ["all"]}
     return {"mode": 3, "custom_ops": ["all"], "inductor_compile_config": {"emulate_precision_casts": True}}
@@ -130,7 +140,7 @@ def engine_kwargs(settings: Settings, *, enable_lora: bool | None = None, **over
     if not on_gpu():
         kwargs.update(
             kv_cache_memory_bytes=kv_cache_bytes(s, dtype if dtype != "auto" else "bfloat16"),
-            compilation_config=cpu_compilation(s.enforce_eager),
+            compilation_config=cpu_compilation(s.enforce_eager or not s.compile),
         )
         if s.tensor_parallel_size * s.pipeline_parallel_size == 1:
             kwargs["distributed_executor_backend"] = INPROC_EXECUTOR

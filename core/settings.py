@@ -45,9 +45,10 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, description="Sequences the engine schedules at once.")
     tensor_parallel_size: int = Field(1, description="Passed through to vLLM.")
     pipeline_parallel_size: int = Field(1, description="Passed through to vLLM.")
-    enforce_eager: bool = Field(False, description="Run the model eagerly: no torch.compile (on CPU a start-up "
-                                "about 40 s shorter on a configuration's first start, slower decoding) and no "
-                                "CUDA graphs.")
+    enforce_eager: bool = Field(False, description="Disable compilation/graphs in vLLM.")
+    compile: bool = Field(False, description="CPU: keep vLLM's compilation on with LoRA, loradock's LoRA ops in "
+                          "the graph (faster in one process, slower served here; docs/performance.md). Needs g++; "
+                          "about 45 s more start-up.")
     enable_lora: bool = Field(True, description="Serve adapters (false: the base only, for measuring what LoRA "
                               "support costs).")
     cpu_threads: int | None = Field(None, description="Torch threads of the CPU engine. Default: every core on "

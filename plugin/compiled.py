@@ -11,8 +11,9 @@ gets is everything else: RMSNorm, rotary, SiLU and the residual adds fused, and 
 :func:`keep_compilation` runs the platform's check without the LoRA config when every LoRA layer can take
 this path (one process of tensor parallelism, no dual stream); :func:`name_layer` registers each LoRA layer
 as it is created and refuses a layer class that has no op (its Python would be frozen into the graph).
-``enforce_eager`` (``LORADOCK_ENFORCE_EAGER``) turns compilation off. Measured in docs/performance.md
-(``scripts/inprocess_ab.py compile``).
+loradock's server asks for compilation only with ``compile`` (``LORADOCK_COMPILE=true``; off by default:
+faster in one process, slower served, docs/performance.md, ``scripts/inprocess_ab.py compile``). vLLM's own
+server carrying this plugin compiles by default (vLLM's default mode).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def name_layer(layer: Any, path: str) -> None:
     if not (isinstance(layer, VocabParallelEmbeddingWithLoRA)
             or (isinstance(layer, BaseLinearLayerWithLoRA) and plain_linear(layer))):
         raise ValueError(f"{type(layer).__name__} has no LoRA op for vLLM's CPU compilation: start the server "
-                         f"with LORADOCK_ENFORCE_EAGER=true (loradock serve --enforce-eager) for this model")
+                         f"with LORADOCK_COMPILE=false for this model")
     context = config.compilation_config.static_forward_context
     name = path + SUFFIX
     if name in context:

@@ -30,18 +30,20 @@ from typing import Any
 PROMPT = "Write one sentence about the sea."
 
 
-def _engine(enable_lora: bool, eager: bool = True, **overrides: Any) -> Any:
-    """An in-process engine with loradock's arguments; eager by default (a compiled graph would ignore the
-    forwards the comparisons switch)."""
+def _engine(enable_lora: bool, eager: bool = True, engine_process: bool = False, **overrides: Any) -> Any:
+    """An engine with loradock's arguments, in this process (or, ``engine_process``, vLLM's engine core in its
+    own process as the server runs it); eager by default (a compiled graph would ignore the forwards the
+    comparisons switch)."""
     from loradock.core.engine_args import cpu_compilation, engine_env, engine_kwargs
     from loradock.core.settings import load_settings
 
     settings = load_settings()
-    os.environ.update(engine_env(settings), VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    os.environ.update(engine_env(settings), VLLM_ENABLE_V1_MULTIPROCESSING="1" if engine_process else "0")
     from vllm import LLM
 
     kwargs = engine_kwargs(settings, enable_lora=enable_lora, compilation_config=cpu_compilation(eager), **overrides)
-    kwargs.pop("distributed_executor_backend", None)  # one process: vLLM's default in-process executor
+    if not engine_process:
+        kwargs.pop("distributed_executor_backend", None)  # one process: vLLM's default in-process executor
     return LLM(**kwargs)
 
 
@@ -132,7 +134,7 @@ def delta(rounds: int) -> None:
         print(f"{name:26s} model forward p50 {ms:.2f} ms per step (best of {rounds})")
 
 
-def compile_ab(pairs: int, rounds: int, lora: bool, mode: int | None) -> None:
+def compile_ab(pairs: int, rounds: int, lora: bool, mode: int | None, engine_process: bool = False) -> None:
     """Eager against compiled (loradock's default: vLLM's CPU compilation with the LoRA ops in the graph), one
     engine process per side, started in turn ``pairs`` times; the greedy tokens of the last pair compared."""
     if mode is None:
@@ -140,7 +142,8 @@ def compile_ab(pairs: int, rounds: int, lora: bool, mode: int | None) -> None:
         for _ in range(pairs):
             for m in (0, 3):
                 out = subprocess.run([sys.executable, __file__, "compile", "--mode", str(m), "--rounds",
-                                      str(rounds), *([] if lora else ["--no-lora"])],
+                                      str(rounds), *([] if lora else ["--no-lora"]),
+                                      *(["--engine-process"] if engine_process else [])],
                                      check=True, capture_output=True, text=True).stdout
                 runs[m].append(json.loads(out.split("RESULT ", 1)[1]))
         for name in runs[0][0]["tok_s"]:
@@ -153,7 +156,7 @@ def compile_ab(pairs: int, rounds: int, lora: bool, mode: int | None) -> None:
               + " / ".join(f"{r['start_s']:.0f}" for r in runs[3]) + " s")
         return
     start = time.perf_counter()
-    llm = _engine(lora, eager=mode == 0)
+    llm = _engine(lora, eager=mode == 0, engine_process=engine_process)
     up = time.perf_counter() - start
     prompts = [f"{PROMPT} ({i})" for i in range(32)]
     cases: dict[str, tuple[list[str], int, Any]] = {"base": ([PROMPT], 128, None), "base x32": (prompts, 48, None)}
@@ -178,10 +181,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="alternations (best of each side is kept)")
     ap.add_argument("--pairs", type=int, default=2, help="compile: eager/compiled engines started in turn")
     ap.add_argument("--no-lora", action="store_true", help="compile: LoRA disabled (the base only)")
+    ap.add_argument("--engine-process", action="store_true",
+                    help="compile: vLLM's engine core in its own process, as `loradock serve` runs it")
     ap.add_argument("--mode", type=int, choices=(0, 3), help=argparse.SUPPRESS)  # one side, in a subprocess
     args = ap.parse_args()
     if args.comparison == "compile":
-        compile_ab(args.pairs, args.rounds, not args.no_lora, args.mode)
+        compile_ab(args.pairs, args.rounds, not args.no_lora, args.mode, args.engine_process)
     else:
         {"forward": forward, "delta": delta}[args.comparison](args.rounds)
     return 0

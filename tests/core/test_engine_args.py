@@ -50,3 +50,18 @@ def test_cli_flags_spell_the_same_arguments() -> None:
                                    "served_model_name": ["a", "b"], "compilation_config": {"mode": 0}})
     assert flags == ["--max-loras", "4", "--enable-lora", "--served-model-name", "a", "b",
                      "--compilation-config", '{"mode": 0}']
+
+
+def test_cpu_compilation_needs_a_cxx_compiler(monkeypatch) -> None:
+    """Compiled when asked, and eager (not a failed start) where no C++ compiler exists; eager by default."""
+    monkeypatch.setattr(engine_args, "on_gpu", lambda: False)
+    assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL))["compilation_config"]["mode"] == 0
+    assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL, compile=True))["compilation_config"]["mode"] == 3
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(engine_args.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert engine_args.cpu_compilation(False)["mode"] == 3
+    assert engine_args.cpu_compilation(True)["mode"] == 0
+    monkeypatch.setattr(engine_args.shutil, "which", lambda name: None)
+    assert engine_args.cpu_compilation(False)["mode"] == 0
+    monkeypatch.setenv("CXX", "/opt/cc/bin/g++")
+    assert engine_args.cpu_compilation(False)["mode"] == 3

@@ -1,5 +1,5 @@
 """vLLM's CPU compilation with LoRA: each layer's delta is an op in the graph that reads the step's plan when
-it runs (no engine needed; the shared test server runs compiled, see tests/serve/test_compiled_engine.py)."""
+it runs (no engine needed; the real engine's comparison: scripts/inprocess_ab.py compile)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_a_layer_without_an_op_is_refused_in_a_compiled_engine() -> None:
             return x
 
     layer = _layer(Sharded, [1], torch.Generator().manual_seed(0), (48,))
-    with set_current_vllm_config(_config()), pytest.raises(ValueError, match="LORADOCK_ENFORCE_EAGER"):
+    with set_current_vllm_config(_config()), pytest.raises(ValueError, match="LORADOCK_COMPILE=false"):
         compiled.name_layer(layer, "model.x")
     plain = _layer(column_parallel_linear.ColumnParallelLinearWithLoRA, [1], torch.Generator().manual_seed(0), (48,))
     with set_current_vllm_config(_config(CompilationMode.NONE)):
