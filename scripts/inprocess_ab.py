@@ -145,7 +145,7 @@ def compile_ab(pairs: int, rounds: int, lora: bool, mode: int | None, engine_pro
                                       str(rounds), *([] if lora else ["--no-lora"]),
                                       *(["--engine-process"] if engine_process else [])],
                                      check=True, capture_output=True, text=True).stdout
-                runs[m].append(json.loads(out.split("RESULT ", 1)[1]))
+                runs[m].append(json.loads(out.split("RESULT ", 1)[1].splitlines()[0]))
         for name in runs[0][0]["tok_s"]:
             eager, compiled = ([r["tok_s"][name] for r in runs[m]] for m in (0, 3))
             a, b = runs[0][-1]["tokens"][name], runs[3][-1]["tokens"][name]
