@@ -157,7 +157,9 @@ def engine_env(settings: Settings) -> dict[str, str]:
     if on_gpu():
         return {}
     return {"OMP_NUM_THREADS": str(cpu_threads(settings)),
-            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(settings.onednn_primitive_cache)}
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(settings.onednn_primitive_cache),
+            # read by loradock's vLLM plugin: compilation stays on with LoRA only when loradock asked for it
+            "LORADOCK_COMPILE": "true" if settings.compile else "false"}
 
 
 def apply_engine_env(settings: Settings, environ: MutableMapping[str, str]) -> dict[str, str]:

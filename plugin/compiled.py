@@ -19,6 +19,7 @@ server carrying this plugin compiles by default (vLLM's default mode).
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from loradock.plugin.forward import OP_NAME_ATTR, STATE_ATTR, add_delta, plain_linear
 
 SUFFIX = ".loradock_lora"
+COMPILE_ENV = "LORADOCK_COMPILE"
 LIBRARY = "loradock"
 
 
@@ -80,12 +82,15 @@ def register_ops() -> Any:
 
 
 def compiles_with_lora(vllm_config: Any) -> bool:
-    """Whether loradock's ops can carry this LoRA engine's compiled graph."""
+    """Whether this LoRA engine keeps its compiled graph: loradock asked (``LORADOCK_COMPILE``, which
+    ``loradock serve`` exports from its ``compile`` setting; vLLM's own server with this plugin keeps vLLM's
+    choice) and loradock's ops can carry it."""
     from vllm import envs
     from vllm.config import CompilationMode
 
     parallel = vllm_config.parallel_config
-    return (vllm_config.lora_config is not None
+    return (os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+            and vllm_config.lora_config is not None
             and vllm_config.compilation_config.mode == CompilationMode.VLLM_COMPILE
             and parallel.tensor_parallel_size * parallel.pipeline_parallel_size == 1
             and not envs.VLLM_LORA_ENABLE_DUAL_STREAM)

@@ -38,7 +38,8 @@ def _engine(enable_lora: bool, eager: bool = True, engine_process: bool = False,
     from loradock.core.settings import load_settings
 
     settings = load_settings()
-    os.environ.update(engine_env(settings), VLLM_ENABLE_V1_MULTIPROCESSING="1" if engine_process else "0")
+    os.environ.update(engine_env(settings), VLLM_ENABLE_V1_MULTIPROCESSING="1" if engine_process else "0",
+                      LORADOCK_COMPILE="false" if eager else "true")
     from vllm import LLM
 
     kwargs = engine_kwargs(settings, enable_lora=enable_lora, compilation_config=cpu_compilation(eager), **overrides)

@@ -16,9 +16,9 @@ def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cpu_engine_env_bounds_the_onednn_primitive_cache(cpu) -> None:
     env = engine_args.engine_env(Settings(base_model=BASE_MODEL, cpu_threads=3))
-    assert env == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
-    env = engine_args.engine_env(Settings(base_model=BASE_MODEL, onednn_primitive_cache=0))
-    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    assert env == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LORADOCK_COMPILE": "false"}
+    env = engine_args.engine_env(Settings(base_model=BASE_MODEL, onednn_primitive_cache=0, compile=True))
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0" and env["LORADOCK_COMPILE"] == "true"
 
 
 def test_cpu_threads_default_uses_both_cores_of_a_small_machine_and_leaves_one_on_larger_ones() -> None:
@@ -31,8 +31,9 @@ def test_a_value_the_user_exported_wins(cpu) -> None:
     settings = Settings(base_model=BASE_MODEL, cpu_threads=3)
     environ = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin"}
     applied = engine_args.apply_engine_env(settings, environ)
-    assert applied == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
-    assert environ == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin", "OMP_NUM_THREADS": "3"}
+    assert applied == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "LORADOCK_COMPILE": "false"}
+    assert environ == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin", "OMP_NUM_THREADS": "3",
+                       "LORADOCK_COMPILE": "false"}
 
 
 def test_gpu_engine_env_is_vllms_own(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,9 +70,11 @@ def _vllm_config(tp: int = 1, lora: bool = True, mode: CompilationMode = Compila
                            parallel_config=SimpleNamespace(tensor_parallel_size=tp, pipeline_parallel_size=1))
 
 
-def test_platform_keeps_compilation_with_lora_where_the_ops_carry_it() -> None:
-    """vLLM's CPU check turns compilation off whenever LoRA is enabled; wrapped, it keeps it on for one
-    process of tensor parallelism, and still turns it off otherwise. The LoRA config is left in place."""
+def test_platform_keeps_compilation_with_lora_where_the_ops_carry_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's CPU check turns compilation off whenever LoRA is enabled; wrapped, it keeps it on when loradock
+    asked (LORADOCK_COMPILE) for one process of tensor parallelism, and still turns it off otherwise (vLLM's
+    own server carrying the plugin keeps vLLM's choice). The LoRA config is left in place."""
+    monkeypatch.setenv("LORADOCK_COMPILE", "true")
 
     class Platform:
         @classmethod
@@ -89,3 +91,7 @@ def test_platform_keeps_compilation_with_lora_where_the_ops_carry_it() -> None:
     assert sharded.compilation_config.mode == CompilationMode.NONE
     assert eager.compilation_config.mode == CompilationMode.NONE
     assert not compiled.compiles_with_lora(_vllm_config(lora=False))
+    monkeypatch.setenv("LORADOCK_COMPILE", "false")
+    unasked = _vllm_config()
+    Platform.check_and_update_config(unasked)
+    assert unasked.compilation_config.mode == CompilationMode.NONE
