@@ -8,12 +8,12 @@ delta needs no such choice inside the graph: the step's plan is built outside th
 context and adds the delta to the base output in place, which inductor keeps in place). What the compiler
 gets is everything else: RMSNorm, rotary, SiLU and the residual adds fused, and no Python between layers.
 
-:func:`keep_compilation` runs the platform's check without the LoRA config when every LoRA layer can take
-this path (one process of tensor parallelism, no dual stream); :func:`name_layer` registers each LoRA layer
-as it is created and refuses a layer class that has no op (its Python would be frozen into the graph).
-loradock's server asks for compilation only with ``compile`` (``LORADOCK_COMPILE=true``; off by default:
-faster in one process, slower served, docs/performance.md, ``scripts/inprocess_ab.py compile``). vLLM's own
-server carrying this plugin compiles by default (vLLM's default mode).
+:func:`keep_compilation` runs the platform's check without the LoRA config when loradock asked for it
+(``LORADOCK_COMPILE=true``, exported by ``loradock serve`` from its ``compile`` setting; off by default:
+faster in one process, slower served, docs/performance.md, ``scripts/inprocess_ab.py compile``) and every
+LoRA layer can take this path (one process of tensor parallelism, no dual stream); vLLM's own server
+carrying this plugin keeps vLLM's choice. :func:`name_layers` registers each LoRA layer after vLLM creates
+them and refuses a layer class that has no op (its Python would be frozen into the graph).
 """
 
 from __future__ import annotations
