@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from loradock.plugin.forward import OP_NAME_ATTR, STATE_ATTR, add_delta, plain_linear
+from loradock.plugin.forward import OP_NAME_ATTR, add_delta, plain_linear, step_plan
 
 SUFFIX = ".loradock_lora"
 COMPILE_ENV = "LORADOCK_COMPILE"
@@ -41,24 +41,21 @@ def _layer(name: str) -> Any:
 def linear_delta(y: torch.Tensor, x: torch.Tensor, layer_name: str) -> None:
     """``y += delta(x)`` of a linear LoRA layer for the current step (what the lean forward adds)."""
     layer = _layer(layer_name)
-    wrapper = layer.punica_wrapper
-    state = wrapper.__dict__.get(STATE_ATTR)
-    plan = None if state is None else state.token_plan
-    if plan is None or plan.num_rows != x.numel() // x.shape[-1]:  # vLLM's ops, through the patched funnel
-        wrapper.add_lora_linear(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), layer.lora_a_stacked,
-                                layer.lora_b_stacked, 1.0, layer.output_slices)
+    found = step_plan(layer, x.numel() // x.shape[-1])
+    if found is None:  # vLLM's ops, through the patched funnel
+        layer.punica_wrapper.add_lora_linear(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]),
+                                             layer.lora_a_stacked, layer.lora_b_stacked, 1.0, layer.output_slices)
     else:
-        add_delta(layer, state, plan, y, x)
+        add_delta(layer, *found, y, x)
 
 
 def embedding_delta(y: torch.Tensor, x: torch.Tensor, layer_name: str) -> None:
     """What vLLM's ``VocabParallelEmbeddingWithLoRA.forward`` adds after the base lookup."""
     layer = _layer(layer_name)
-    wrapper = layer.punica_wrapper
-    state = wrapper.__dict__.get(STATE_ATTR)
-    plan = None if state is None else state.token_plan
-    if plan is not None and plan.num_rows == x.shape[0] and not plan.segments:
+    found = step_plan(layer, x.shape[0])
+    if found is not None and not found[1].segments:
         return  # a base-model-only step
+    wrapper = layer.punica_wrapper
     a = F.embedding(x + wrapper._embeddings_indices[: x.shape[0]], layer.lora_a_stacked_2d)
     wrapper.add_lora_embedding(y.view(-1, y.shape[-1]), a.view(-1, a.shape[-1]), layer.lora_b_stacked)
 
@@ -81,6 +78,16 @@ def register_ops() -> Any:
     return lib
 
 
+def _asked() -> bool:
+    """``LORADOCK_COMPILE`` read as the ``compile`` setting reads it (pydantic's bool), false when unset."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(bool).validate_python(os.environ.get(COMPILE_ENV, "false").strip() or "false")
+    except ValidationError:
+        return False
+
+
 def compiles_with_lora(vllm_config: Any) -> bool:
     """Whether this LoRA engine keeps its compiled graph: loradock asked (``LORADOCK_COMPILE``, which
     ``loradock serve`` exports from its ``compile`` setting; vLLM's own server with this plugin keeps vLLM's
@@ -89,7 +96,7 @@ def compiles_with_lora(vllm_config: Any) -> bool:
     from vllm.config import CompilationMode
 
     parallel = vllm_config.parallel_config
-    return (os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return (_asked()
             and vllm_config.lora_config is not None
             and vllm_config.compilation_config.mode == CompilationMode.VLLM_COMPILE
             and parallel.tensor_parallel_size * parallel.pipeline_parallel_size == 1

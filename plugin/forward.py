@@ -62,17 +62,24 @@ def lean_forward(method: Any) -> Any:
             out = self._modules["base_layer"].forward(input_)
             torch.ops.loradock.linear_delta(out[0] if isinstance(out, tuple) else out, input_, op_name)
             return out
-        wrapper = d.get("punica_wrapper")
-        state = None if wrapper is None else wrapper.__dict__.get(STATE_ATTR)
-        plan = None if state is None else state.token_plan
-        if (state is None or plan is None or not plain_linear(self) or input_.dim() not in (2, 3)
-                or plan.num_rows != input_.numel() // input_.shape[-1]):
+        found = step_plan(self, input_.numel() // input_.shape[-1]) \
+            if input_.dim() in (2, 3) and plain_linear(self) else None
+        if found is None:
             return method(self, input_)
         out = self._modules["base_layer"].forward(input_)  # vLLM's wrapper skips the base layer's hooks too
-        add_delta(self, state, plan, out[0] if isinstance(out, tuple) else out, input_)
+        add_delta(self, *found, out[0] if isinstance(out, tuple) else out, input_)
         return out
 
     return forward
+
+
+def step_plan(layer: Any, rows: int) -> tuple[Any, Any] | None:
+    """(the wrapper's LoRAState, this step's token plan) when that plan covers ``rows`` rows, else None
+    (then vLLM's own path runs)."""
+    wrapper = layer.__dict__.get("punica_wrapper")
+    state = None if wrapper is None else wrapper.__dict__.get(STATE_ATTR)
+    plan = None if state is None else state.token_plan
+    return None if plan is None or plan.num_rows != rows else (state, plan)
 
 
 def add_delta(layer: Any, state: Any, plan: Any, y: torch.Tensor, x: torch.Tensor) -> None:
