@@ -59,7 +59,7 @@ RUN python -m pip install --no-deps --no-build-isolation -e . \
 
 # ---- runtime targets -----------------------------------------------------------------------------------
 FROM app-cpu AS cpu
-# LORADOCK_COMPILE=true: vLLM's CPU compilation (inductor) builds the model's kernels with a C++ compiler
+# vLLM's CPU compilation (on by default, LORADOCK_COMPILE) builds the model's kernels with a C++ compiler
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 ENV LORADOCK_HOST=0.0.0.0 \

@@ -9,9 +9,9 @@ On a CPU the defaults differ from vLLM's own (each measured on the 2-core dev ma
 - dtype ``auto`` is bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32 (logged);
 - the model runs inside the engine-core process (vLLM's uni-process executor) with ``cpu_threads`` torch
   threads, instead of a third worker process: one process less (~0.9 GB RSS) and no busy-waiting scheduler;
-- compilation is off with or without LoRA, so the LoRA-disabled comparison engine runs the same code (vLLM
-  turns it off whenever LoRA is enabled; ``compile`` keeps it on with loradock's LoRA ops in the graph,
-  ``loradock.plugin.compiled``: faster in one process, slower served, docs/performance.md). vLLM's C++ CPU
+- compilation stays on with LoRA (vLLM turns it off whenever LoRA is enabled; ``compile``, on by default,
+  keeps it with loradock's LoRA ops in the graph, ``loradock.plugin.compiled``), and the LoRA-disabled
+  comparison engine compiles the same way; without a C++ compiler both run eagerly (logged). vLLM's C++ CPU
   kernels are on (``custom_ops: all``);
 - the KV cache is sized from ``max_num_seqs x kv_tokens_per_seq`` rather than a fixed 1 GiB.
 """

@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, description="Passed through to vLLM.")
     pipeline_parallel_size: int = Field(1, description="Passed through to vLLM.")
     enforce_eager: bool = Field(False, description="Disable compilation/graphs in vLLM.")
-    compile: bool = Field(False, description="CPU: keep vLLM's compilation on with LoRA, loradock's LoRA ops in "
-                          "the graph (faster in one process, slower served here; docs/performance.md). Needs g++; "
-                          "about 45 s more start-up.")
+    compile: bool = Field(True, description="CPU: keep vLLM's compilation on with LoRA, loradock's LoRA ops in "
+                          "the graph (served decode 1.2-1.5x eager here; docs/performance.md). Needs a C++ compiler "
+                          "(else eager, logged); about 45 s more start-up. false: eager.")
     enable_lora: bool = Field(True, description="Serve adapters (false: the base only, for measuring what LoRA "
                               "support costs).")
     cpu_threads: int | None = Field(None, description="Torch threads of the CPU engine. Default: every core on "

@@ -9,8 +9,8 @@ context and adds the delta to the base output in place, which inductor keeps in 
 gets is everything else: RMSNorm, rotary, SiLU and the residual adds fused, and no Python between layers.
 
 :func:`keep_compilation` runs the platform's check without the LoRA config when loradock asked for it
-(``LORADOCK_COMPILE=true``, exported by ``loradock serve`` from its ``compile`` setting; off by default:
-faster in one process, slower served, docs/performance.md, ``scripts/inprocess_ab.py compile``) and every
+(``LORADOCK_COMPILE=true``, exported by ``loradock serve`` from its ``compile`` setting, on by default; served
+decode 1.2-1.5x eager, docs/performance.md, ``scripts/inprocess_ab.py compile --engine-process``) and every
 LoRA layer can take this path (one process of tensor parallelism, no dual stream); vLLM's own server
 carrying this plugin keeps vLLM's choice. :func:`name_layers` registers each LoRA layer after vLLM creates
 them and refuses a layer class that has no op (its Python would be frozen into the graph).

@@ -34,6 +34,7 @@ import torch
 
 from loradock.plugin import compiled, ops, packed, slots
 from loradock.plugin.forward import STATE_ATTR, lean_forward
+from loradock.plugin.stack import with_room
 from loradock.plugin.state import LoRAState
 
 # vLLM configures handlers for its own logger tree only; a child of it shows up in the engine's log.
@@ -264,6 +265,16 @@ def patch_adapter_removal(manager_cls: Any) -> None:
     manager_cls.remove_adapter = remove_adapter
 
 
+def patch_busy_loops(core_module: Any) -> None:
+    """Run each engine-core busy loop of ``core_module`` with room on the frame stack (plugin/stack.py)."""
+    for cls in vars(core_module).values():
+        loop = vars(cls).get("run_busy_loop") if isinstance(cls, type) else None
+        if loop is not None and not getattr(loop, _MARKS, False):
+            roomy = with_room(loop)
+            setattr(roomy, _MARKS, True)
+            cls.run_busy_loop = roomy
+
+
 def register() -> None:
     """Entry point named in pyproject (vllm.general_plugins); runs in every vLLM process."""
     if ops_mode() == "vllm":
@@ -279,3 +290,4 @@ def register() -> None:
         patch_adapter_removal(manager)
         patch_layer_creation(manager)
         compiled.keep_compilation(importlib.import_module("vllm.platforms.cpu").CpuPlatform)
+        patch_busy_loops(importlib.import_module("vllm.v1.engine.core"))

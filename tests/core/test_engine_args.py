@@ -16,9 +16,9 @@ def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cpu_engine_env_bounds_the_onednn_primitive_cache(cpu) -> None:
     env = engine_args.engine_env(Settings(base_model=BASE_MODEL, cpu_threads=3))
-    assert env == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LORADOCK_COMPILE": "false"}
-    env = engine_args.engine_env(Settings(base_model=BASE_MODEL, onednn_primitive_cache=0, compile=True))
-    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0" and env["LORADOCK_COMPILE"] == "true"
+    assert env == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LORADOCK_COMPILE": "true"}
+    env = engine_args.engine_env(Settings(base_model=BASE_MODEL, onednn_primitive_cache=0, compile=False))
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0" and env["LORADOCK_COMPILE"] == "false"
 
 
 def test_cpu_threads_default_uses_both_cores_of_a_small_machine_and_leaves_one_on_larger_ones() -> None:
@@ -31,9 +31,9 @@ def test_a_value_the_user_exported_wins(cpu) -> None:
     settings = Settings(base_model=BASE_MODEL, cpu_threads=3)
     environ = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin"}
     applied = engine_args.apply_engine_env(settings, environ)
-    assert applied == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "LORADOCK_COMPILE": "false"}
+    assert applied == {"OMP_NUM_THREADS": "3", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "LORADOCK_COMPILE": "true"}
     assert environ == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "PATH": "/bin", "OMP_NUM_THREADS": "3",
-                       "LORADOCK_COMPILE": "false"}
+                       "LORADOCK_COMPILE": "true"}
 
 
 def test_gpu_engine_env_is_vllms_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,10 +54,13 @@ def test_cli_flags_spell_the_same_arguments() -> None:
 
 
 def test_cpu_compilation_needs_a_cxx_compiler(monkeypatch) -> None:
-    """Compiled when asked, and eager (not a failed start) where no C++ compiler exists; eager by default."""
+    """Compiled by default, eager when asked, and eager (not a failed start) where no C++ compiler exists."""
     monkeypatch.setattr(engine_args, "on_gpu", lambda: False)
-    assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL))["compilation_config"]["mode"] == 0
-    assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL, compile=True))["compilation_config"]["mode"] == 3
+    monkeypatch.delenv("LORADOCK_COMPILE", raising=False)
+    monkeypatch.setattr(engine_args.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL))["compilation_config"]["mode"] == 3
+    assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL, compile=False))["compilation_config"]["mode"] == 0
+    assert engine_args.engine_env(Settings(base_model=BASE_MODEL))["LORADOCK_COMPILE"] == "true"
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(engine_args.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
     assert engine_args.cpu_compilation(False)["mode"] == 3

@@ -39,7 +39,8 @@ HEADER = "x-loradock-replica"
 API, ADMIN = "scale-key", "scale-admin"
 ENGINE = {"LORADOCK_KV_CACHE_SPACE_GIB": "1", "LORADOCK_MAX_NUM_SEQS": "8", "LORADOCK_MAX_LORAS": "2",
           "LORADOCK_MAX_CPU_LORAS": "4", "LORADOCK_MAX_MODEL_LEN": "512", "LORADOCK_GPU_MEMORY_UTILIZATION": "0.3",
-          "LORADOCK_DTYPE": "bfloat16"}
+          "LORADOCK_DTYPE": "bfloat16",
+          "LORADOCK_COMPILE": "false"}  # routing, not speed: two engines compiling at once would double start-up
 
 
 @contextmanager
