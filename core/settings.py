@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, description="Sequences the engine schedules at once.")
     tensor_parallel_size: int = Field(1, description="Passed through to vLLM.")
     pipeline_parallel_size: int = Field(1, description="Passed through to vLLM.")
-    enforce_eager: bool = Field(False, description="Disable compilation/graphs in vLLM.")
+    enforce_eager: bool = Field(False, description="Run the model eagerly: no compilation (whatever `compile` says) "
+                                "and no CUDA graphs.")
     compile: bool = Field(True, description="CPU: keep vLLM's compilation on with LoRA, loradock's LoRA ops in "
                           "the graph (served decode 1.2-1.5x eager here; docs/performance.md). Needs a C++ compiler "
                           "(else eager, logged); about 45 s more start-up. false: eager.")

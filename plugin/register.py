@@ -16,8 +16,9 @@ vLLM's LoRA layers are patched too (:func:`patch_lora_layers`): their stacked we
 they rewrote (loading one adapter repacks one slot, and only written slots are ever read), and a
 ``reset_lora`` of a slot nothing wrote is skipped; the linear layers' ``forward`` runs the base layer and the
 packed delta without vLLM's per-layer wrapper code (:mod:`loradock.plugin.forward`). With ``LORADOCK_COMPILE=true``
-vLLM's CPU compilation stays on with LoRA, each layer's delta a custom op in the graph
-(:mod:`loradock.plugin.compiled`).
+(what ``loradock serve`` exports by default) vLLM's CPU compilation stays on with LoRA, each layer's delta a
+custom op in the graph (:mod:`loradock.plugin.compiled`); the engine-core busy loop runs with room on the
+frame stack (:mod:`loradock.plugin.stack`, :func:`patch_busy_loops`).
 ``LORADOCK_LORA_OPS=vllm`` leaves vLLM untouched. Only the CPU wrapper is patched; GPU builds use their own
 Triton kernels and are unaffected.
 """

@@ -53,16 +53,14 @@ def test_cli_flags_spell_the_same_arguments() -> None:
                      "--compilation-config", '{"mode": 0}']
 
 
-def test_cpu_compilation_needs_a_cxx_compiler(monkeypatch) -> None:
+def test_cpu_compilation_needs_a_cxx_compiler(cpu, monkeypatch) -> None:
     """Compiled by default, eager when asked, and eager (not a failed start) where no C++ compiler exists."""
-    monkeypatch.setattr(engine_args, "on_gpu", lambda: False)
     monkeypatch.delenv("LORADOCK_COMPILE", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(engine_args.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
     assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL))["compilation_config"]["mode"] == 3
     assert engine_args.engine_kwargs(Settings(base_model=BASE_MODEL, compile=False))["compilation_config"]["mode"] == 0
     assert engine_args.engine_env(Settings(base_model=BASE_MODEL))["LORADOCK_COMPILE"] == "true"
-    monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(engine_args.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
     assert engine_args.cpu_compilation(False)["mode"] == 3
     assert engine_args.cpu_compilation(True)["mode"] == 0
     monkeypatch.setattr(engine_args.shutil, "which", lambda name: None)
